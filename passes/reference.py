@@ -1,0 +1,108 @@
+"""Module-level application of a static ``Plan`` to a Llama-style Hugging Face model.
+
+This is the *reference* semantics of a plan, written against ``nn.Module``s rather than the
+graph: the graph passes must reproduce its logits, and the search methods use it (or its
+per-layer pieces) to score candidates. Rules (see ../shared/docs/algorithms.md):
+- a removed attention / MLP block contributes nothing: x + f(norm(x)) becomes x;
+- MLP channel k is row k of gate_proj and up_proj and column k of down_proj;
+- query head h is rows [h*d, (h+1)*d) of q_proj and the same columns of o_proj; under GQA
+  query head h reads KV head h // group_size. Kept heads are equal per kept KV group; the
+  k/v rows of a KV group go only when none of its query heads is kept.
+Weights shrink physically (new ``nn.Linear``s); the model is modified in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunec.compiler.ir import ModelShape
+from prunec.compiler.plan import LayerPlan, Plan
+
+
+class ZeroAttention(nn.Module):
+    """Stands in for a removed attention block: adds nothing to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[
+        torch.Tensor, None
+    ]:
+        return torch.zeros_like(hidden_states), None
+
+
+class ZeroMLP(nn.Module):
+    """Stands in for a removed MLP block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping ``index`` along ``dim`` of the weight (0 = outputs, 1 = inputs)."""
+    weight = linear.weight.detach().index_select(dim, index).clone()
+    out_f, in_f = weight.shape
+    bias = linear.bias is not None
+    new = nn.Linear(in_f, out_f, bias=bias, dtype=weight.dtype, device=weight.device)
+    new.weight = nn.Parameter(weight, requires_grad=False)
+    if linear.bias is not None:
+        b = linear.bias.detach()
+        new.bias = nn.Parameter(b.index_select(0, index).clone() if dim == 0 else b.clone(),
+                                requires_grad=False)
+    return new
+
+
+def head_rows(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
+    """Row indices of q_proj (or columns of o_proj) for the given heads, in order."""
+    return torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)],
+                        dtype=torch.long)
+
+
+def prune_attention_(attn: nn.Module, lp: LayerPlan, shape: ModelShape) -> None:
+    """Keep ``lp.kept_heads`` in a LlamaAttention-like module (q/k/v/o_proj), in place."""
+    assert lp.kept_heads is not None
+    d = shape.head_dim
+    kv_kept = lp.kv_groups_kept(shape)
+    rows = head_rows(lp.kept_heads, d)
+    attn.q_proj = select_linear(attn.q_proj, rows, 0)
+    attn.o_proj = select_linear(attn.o_proj, rows, 1)
+    kv_rows = head_rows(kv_kept, d)
+    attn.k_proj = select_linear(attn.k_proj, kv_rows, 0)
+    attn.v_proj = select_linear(attn.v_proj, kv_rows, 0)
+    attn.num_key_value_groups = len(lp.kept_heads) // len(kv_kept)
+
+
+def prune_mlp_(mlp: nn.Module, channels: tuple[int, ...]) -> None:
+    """Keep ``channels`` of a gate/up/down MLP, in place."""
+    index = torch.tensor(channels, dtype=torch.long)
+    mlp.gate_proj = select_linear(mlp.gate_proj, index, 0)
+    mlp.up_proj = select_linear(mlp.up_proj, index, 0)
+    mlp.down_proj = select_linear(mlp.down_proj, index, 1)
+
+
+def apply_layer_plan_(layer: nn.Module, lp: LayerPlan, shape: ModelShape) -> None:
+    """Apply one layer's plan to a decoder layer (self_attn / mlp children), in place."""
+    if lp.attn_removed:
+        layer.self_attn = ZeroAttention()
+    elif lp.kept_heads is not None:
+        prune_attention_(layer.self_attn, lp, shape)
+    if lp.mlp_removed:
+        layer.mlp = ZeroMLP()
+    elif lp.kept_channels is not None:
+        prune_mlp_(layer.mlp, lp.kept_channels)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama-style causal LM (``model.model.layers``)."""
+    layers = model.model.layers
+    assert isinstance(layers, nn.ModuleList)
+    return layers
+
+
+def apply_plan_(model: nn.Module, plan: Plan, shape: ModelShape) -> nn.Module:
+    """Apply ``plan`` to every decoder layer of ``model`` in place; returns ``model``."""
+    problems = plan.validate(shape)
+    if problems:
+        raise ValueError("invalid plan: " + "; ".join(problems))
+    with torch.no_grad():
+        for layer, lp in zip(decoder_layers(model), plan.layers):
+            apply_layer_plan_(layer, lp, shape)
+    return model
