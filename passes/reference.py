@@ -106,3 +106,20 @@ def apply_plan_(model: nn.Module, plan: Plan, shape: ModelShape) -> nn.Module:
         for layer, lp in zip(decoder_layers(model), plan.layers):
             apply_layer_plan_(layer, lp, shape)
     return model
+
+
+def shape_of(model: nn.Module) -> ModelShape:
+    """The ``ModelShape`` of a loaded Llama-style Hugging Face causal LM (from its config)."""
+    cfg = model.config
+    n_heads = int(cfg.num_attention_heads)
+    return ModelShape(
+        architecture=str(cfg.model_type),
+        n_layers=int(cfg.num_hidden_layers),
+        hidden=int(cfg.hidden_size),
+        intermediate=int(cfg.intermediate_size),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+        head_dim=int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads),
+        vocab=int(cfg.vocab_size),
+        tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+    )
