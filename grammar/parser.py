@@ -1,0 +1,230 @@
+"""Source text -> Lark parse tree with positions, or a named ``SyntaxProblem``.
+
+Owns the one LALR parser of ``prune.lark`` (built once per process and cached on disk by
+Lark), the comment scanner used by the formatter, and the mapping of parse failures to
+named errors (Lark's ``match_examples``: each code below lists snippets that fail in the
+same parser state as the user's input). Invariants:
+- ``parse`` either returns a tree or raises ``SyntaxProblem``; never another exception
+  for any ``str`` input (Lark's own errors are translated here);
+- line/col are 1-based, end columns exclusive (Lark's ``propagate_positions``);
+- this module knows nothing of the IR or diagnostics (the compiler imports grammar,
+  never the reverse); codes are plain strings documented in ``prunec.compiler.codes``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+from lark.exceptions import (
+    LarkError,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+)
+
+GRAMMAR_PATH = Path(__file__).with_name("prune.lark")
+
+
+@dataclass(frozen=True)
+class SyntaxProblem(Exception):
+    """A parse failure with a code (P00xx), a 1-based position and an optional hint."""
+
+    code: str
+    message: str
+    line: int
+    col: int
+    end_col: int
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A ``#`` or ``//`` comment: where it starts and its text (without the newline)."""
+
+    line: int
+    col: int
+    text: str
+
+
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    """The LALR parser, built once (Lark caches the analysed grammar on disk too)."""
+    return Lark(
+        GRAMMAR_PATH.read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        cache=True,
+    )
+
+
+def parse(text: str) -> Tree[Token]:
+    """Parse a whole spec; raise ``SyntaxProblem`` on the first syntax error."""
+    try:
+        return parser().parse(text)
+    except UnexpectedInput as exc:
+        raise _problem(exc, text) from None
+    except LarkError as exc:  # pragma: no cover - Lark internals; keep the promise anyway
+        raise SyntaxProblem("P0010", f"syntax error: {exc}", 1, 1, 2) from None
+
+
+_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|(#|//)[^\n]*')
+
+
+def comments(text: str) -> tuple[Comment, ...]:
+    """Every comment in ``text`` (strings are skipped, so ``"a#b"`` holds no comment)."""
+    out: list[Comment] = []
+    line_starts = _line_starts(text)
+    for m in _COMMENT_OR_STRING.finditer(text):
+        if m.group(1) is None:
+            continue
+        line = _line_of(line_starts, m.start())
+        out.append(Comment(line, m.start() - line_starts[line - 1] + 1, m.group(0).rstrip()))
+    return tuple(out)
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _line_of(starts: list[int], offset: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(starts, offset)
+
+
+# ---------------------------------------------------------------- named parse errors
+
+# code -> (message, hint, example snippets failing in the same parser state).
+ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "P0006": (
+        "expected a value after '='",
+        "a value is a string, a number (20%, 1.5x, 110M), a word, a list or a selector",
+        ("name = }", "probe { ratio = }", "probe { ratio = = 3 }",
+         "probe { ratio = ,", "probe { ratio = ]", "probe { ratio = 3 .. }",
+         "probe { ratio = 3 : }", "name = ."),
+    ),
+    "P0007": (
+        "expected '=' after the key",
+        "entries inside a block are written `key = value`",
+        ("probe { ratio 4 }", "probe { ratio }", "probe { ratio \"x\" }", "name 3",
+         "probe { ratio [ }", "probe { a { b 3 } }", "probe { ratio: 3 }", "name }",
+         "probe { ratio . }", "probe { a { b } }"),
+    ),
+    "P0011": (
+        "expected '{' to open the block",
+        None,
+        ("prune multipruner ratio", "probe ratio", "prune multipruner }", "plan remove",
+         "gates params", "prune }", "prune \"x\"",),
+    ),
+    "P0012": (
+        "expected a top-level item: model, dataset, prune, plan, probe, gates, export or "
+        "`key = value`",
+        None,
+        ("}", "3", "\"x\"", "[", "= 3", "model demo }", "name = 3 }", ",", ".", "(", "model demo { } }"),
+    ),
+    "P0013": (
+        "malformed layer selector",
+        "selectors look like layers[3], layers[-2:], layers[3..10] or layers[*]",
+        ("probe { skip = layers[ }", "probe { skip = layers[a] }",
+         "probe { skip = layers[1 2] }", "probe { skip = layers[1:2:3] }",
+         "probe { skip = layers[\"a\"] }", "probe { skip = layers[- }",
+         "probe { skip = layers[1 }", "probe { skip = layers[1.. }"),
+    ),
+    "P0014": (
+        "malformed gate",
+        "gates are `perplexity(dataset) <= 1.5x dense`, `... <= 30` or `params <= 110M`",
+        ("gates { perplexity eval }", "gates { perplexity( }", "gates { perplexity(a }",
+         "gates { perplexity(a) }", "gates { params 3 }",
+         "gates { params <= }", "gates { params <= a }", "gates { ppl }",
+         "gates { perplexity(a) <= }", "gates { perplexity(a) <= 1 and }",
+         "gates { perplexity(a) <= 1x dense dense }", "gates { 3 }",
+         "gates { perplexity(a) <= 1 or <= 2 }"),
+    ),
+    "P0015": (
+        "malformed plan action",
+        "actions are `remove layers[i].mlp|attn`, `keep N channels|heads in layers[i]` or "
+        "`keep channels|heads [0, 1] in layers[i]`",
+        ("plan { remove }", "plan { remove layers }", "plan { remove layers[1] }",
+         "plan { remove layers[1]. }", "plan { keep }", "plan { keep 3 }",
+         "plan { keep 3 heads }", "plan { keep 3 heads in }", "plan { keep heads }",
+         "plan { keep heads [1] }", "plan { keep heads [1] in }", "plan { drop }",
+         "plan { 3 }", "plan { keep heads 3 in layers[1] }", "plan { keep 3 heads layers[1] }",
+         "plan { remove layers[1] mlp }", "plan { keep heads [1] layers[1] }"),
+    ),
+    "P0016": (
+        "malformed list",
+        "lists are written [a, b, c]; they do not nest",
+        ("name = [3 4]", "name = [3,,]", "name = [[", "name = [,]",
+         "name = [a b]", "name = [\"a\" \"b\"]", "name = [3, }", "name = [3 }"),
+    ),
+    "P0017": (
+        "expected a name here",
+        None,
+        ("model {", "model 3", "model \"x\"", "dataset {", "dataset a {", "dataset 3",
+         "export {", "export 3", "model }", "export }", "dataset a 3", "prune 3",
+         "dataset a }"),
+    ),
+    "P0018": (
+        "expected a block body, another entry or '}'",
+        "a block closes with '}'",
+        ("probe { ratio = 3 3 }", "probe { ratio = 3 \"x\" }", "probe { 3 }",
+         "probe { \"x\" }", "probe { ratio = 3 = }", "probe { ratio = layers keep }",
+         "probe { ratio = 3 [ }", "probe { ratio = a b c }", "probe { a { b = 1 } c = }",
+         "probe { { }", "probe { . }", "probe { ratio = 3 ) }"),
+    ),
+}
+
+
+def _problem(exc: UnexpectedInput, text: str) -> SyntaxProblem:
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    if isinstance(exc, UnexpectedCharacters):
+        return _bad_character(text, exc.pos_in_stream, line, col)
+    if isinstance(exc, UnexpectedEOF) or _is_eof(exc):
+        return SyntaxProblem(
+            "P0005", "unexpected end of file", line, col, col + 1,
+            "a block, list or string is not closed",
+        )
+    code = _match(exc, text)
+    message, hint, _ = ERROR_EXAMPLES.get(code, ("syntax error", None, ()))
+    token = exc.token if isinstance(exc, UnexpectedToken) else None
+    width = max(len(str(token)), 1) if token is not None else 1
+    found = f" (found {_show(str(token))})" if token is not None else ""
+    return SyntaxProblem(code, message + found, line, col, col + width, hint)
+
+
+def _is_eof(exc: UnexpectedInput) -> bool:
+    return isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+
+
+def _match(exc: UnexpectedInput, text: str) -> str:
+    examples = {code: list(ex) for code, (_, _, ex) in ERROR_EXAMPLES.items()}
+    try:
+        label = exc.match_examples(parser().parse, examples, use_accepts=True)
+    except (LarkError, RecursionError):  # pragma: no cover - defensive
+        label = None
+    return str(label) if label else "P0010"
+
+
+def _bad_character(text: str, pos: int, line: int, col: int) -> SyntaxProblem:
+    ch = text[pos] if 0 <= pos < len(text) else ""
+    if ch == '"':
+        return SyntaxProblem(
+            "P0008", "unterminated string", line, col, col + 1,
+            'a string closes with " on the same line; write \\" for a quote inside it',
+        )
+    return SyntaxProblem(
+        "P0004", f"unexpected character {_show(ch)}", line, col, col + 1,
+        "comments start with # or //" if ch == "/" else None,
+    )
+
+
+def _show(s: str) -> str:
+    s = s if len(s) <= 40 else s[:37] + "..."
+    return repr(s) if s.isprintable() else ascii(s)
