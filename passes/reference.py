@@ -13,6 +13,9 @@ Weights shrink physically (new ``nn.Linear``s); the model is modified in place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -123,3 +126,30 @@ def shape_of(model: nn.Module) -> ModelShape:
         vocab=int(cfg.vocab_size),
         tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
     )
+
+
+def add_output_bias_(linear: nn.Linear, bias: torch.Tensor) -> None:
+    """Add ``bias`` to ``linear``'s output (creating the bias parameter if absent), in place."""
+    add = bias.detach().to(dtype=linear.weight.dtype, device=linear.weight.device)
+    old = linear.bias.detach() if linear.bias is not None else torch.zeros_like(add)
+    linear.bias = nn.Parameter(old + add, requires_grad=False)
+
+
+def apply_output_biases_(model: nn.Module, biases: Mapping[int, Any]) -> nn.Module:
+    """Add FLAP-style compensation biases after ``apply_plan_``, in place; returns ``model``.
+
+    ``biases`` maps a layer index to an object with ``mlp`` and ``attn`` tensors (or None) of
+    shape ``[hidden]`` (``prunec.passes.methods.LayerBias``): ``mlp`` is added to down_proj's
+    output, ``attn`` to o_proj's. A removed block takes no bias.
+    """
+    layers = decoder_layers(model)
+    with torch.no_grad():
+        for index, bias in biases.items():
+            layer = layers[index]
+            if bias.mlp is not None and isinstance(getattr(layer.mlp, "down_proj", None),
+                                                   nn.Linear):
+                add_output_bias_(layer.mlp.down_proj, bias.mlp)
+            if bias.attn is not None and isinstance(getattr(layer.self_attn, "o_proj", None),
+                                                    nn.Linear):
+                add_output_bias_(layer.self_attn.o_proj, bias.attn)
+    return model

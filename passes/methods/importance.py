@@ -1,0 +1,114 @@
+"""Importance scorers for MLP channels and query heads: separate callables, one per metric.
+
+Maths (per decoder layer; W = down_proj for channels, o_proj for heads, W[:, k] a column;
+x_k the k-th input of that projection over all calibration tokens):
+- magnitude (MultiPruner reorder): channel k -> L1(gate row k) + L1(up row k); head h ->
+  (L1 of its q rows + L1 of its KV head's k and v rows) / head_dim;
+- wanda-sp: column k -> sum_i |W_ik| * sqrt(mean x_k^2);
+- flap (WIFV): column k -> var(x_k) * sum_i W_ik^2 (the activation's fluctuation);
+a head's score from column scores is the sum over its head_dim columns. Higher = keep.
+Activation statistics are float64 sums over every calibration token of the DENSE model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunec.compiler.ir import ModelShape
+from prunec.passes.reference import decoder_layers
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-input-channel statistics of one projection's input over the calibration tokens."""
+
+    mean: torch.Tensor
+    sq_mean: torch.Tensor
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.sq_mean - self.mean**2).clamp_min(0.0)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    mlp: ChannelStats  # input of down_proj
+    attn: ChannelStats  # input of o_proj
+
+
+def mlp_magnitude(layer: nn.Module) -> torch.Tensor:
+    mlp = layer.mlp
+    return (mlp.gate_proj.weight.detach().abs().sum(1)
+            + mlp.up_proj.weight.detach().abs().sum(1)).double()
+
+
+def head_magnitude(layer: nn.Module, shape: ModelShape) -> torch.Tensor:
+    attn, d, g = layer.self_attn, shape.head_dim, shape.group_size
+    q = attn.q_proj.weight.detach().abs().double().sum(1).view(shape.n_heads, d).sum(1)
+    k = attn.k_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
+    v = attn.v_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
+    return (q + (k + v).repeat_interleave(g)) / d
+
+
+def heads_from_columns(columns: torch.Tensor, shape: ModelShape) -> torch.Tensor:
+    return columns.view(shape.n_heads, shape.head_dim).sum(1)
+
+
+def wanda_sp_columns(weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+    return weight.detach().abs().double().sum(0) * stats.sq_mean.sqrt()
+
+
+def flap_columns(weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+    return stats.var * (weight.detach().double() ** 2).sum(0)
+
+
+ColumnScorer = Callable[[torch.Tensor, ChannelStats], torch.Tensor]
+
+
+def activation_scores(layer: nn.Module, stats: LayerStats, shape: ModelShape,
+                      scorer: ColumnScorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channel scores, head scores) of one layer under an activation-aware scorer."""
+    channels = scorer(layer.mlp.down_proj.weight, stats.mlp)
+    heads = heads_from_columns(scorer(layer.self_attn.o_proj.weight, stats.attn), shape)
+    return channels, heads
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.count = 0
+
+    def __call__(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
+        s, q = x.sum(0), (x * x).sum(0)
+        self.total = s if self.total is None else self.total + s
+        self.squares = q if self.squares is None else self.squares + q
+        self.count += x.shape[0]
+
+    def stats(self) -> ChannelStats:
+        assert self.total is not None and self.squares is not None
+        return ChannelStats(self.total / self.count, self.squares / self.count)
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, calib: torch.Tensor, batch_size: int) -> list[LayerStats]:
+    """Input statistics of every layer's down_proj and o_proj over ``calib`` (dense model)."""
+    accs: list[tuple[_Accumulator, _Accumulator]] = []
+    handles = []
+    for layer in decoder_layers(model):
+        pair = (_Accumulator(), _Accumulator())
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(pair[0]))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pair[1]))
+        accs.append(pair)
+    try:
+        for start in range(0, calib.shape[0], batch_size):
+            model.model(calib[start:start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    return [LayerStats(m.stats(), a.stats()) for m, a in accs]

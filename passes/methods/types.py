@@ -1,0 +1,98 @@
+"""The data a static method takes and returns: options, progress events, results, statistics.
+
+Invariants: everything here is a frozen dataclass; tensors appear only in ``LayerBias``
+(FLAP's output-bias compensation, shape ``[hidden]``); ``SearchStats.layer_forwards`` counts
+decoder-layer module calls over the WHOLE calibration set (one call on every calibration
+sequence = 1 unit; a layer whose attention and MLP are both removed is never called).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from prunec.compiler.plan import Plan
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One tick: ``done`` of ``total`` units of ``task`` (a stage or a candidate sweep)."""
+
+    task: str
+    done: int
+    total: int
+    score: float | None = None
+    message: str = ""
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """How to run a method (not what to compute: that is the ``StaticPrune``).
+
+    mode: "fast" (prefix-cached per-layer evaluation) or "reference" (whole model per candidate).
+    resume_path: the search writes its state there after every step and continues from it.
+    lock: a parsed plan lock (``lock.read_lock``) to apply instead of computing.
+    spec_hash: sha256 of the spec's relevant parts (``lock.spec_hash``); None hashes ``static``.
+    on_step: called after each committed search step with the step number (tests interrupt).
+    batch_size: calibration sequences per forward call; cache_mb: fast-engine cache budget.
+    """
+
+    mode: str = "fast"
+    progress: ProgressFn | None = None
+    resume_path: str | None = None
+    lock: Any = None
+    spec_hash: str | None = None
+    on_step: Callable[[int], None] | None = None
+    batch_size: int = 8
+    cache_mb: int = 3072
+
+
+@dataclass(frozen=True)
+class StepScore:
+    step: int
+    stage: str
+    score: float
+    params: int
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    layer_forwards: float = 0.0
+    candidate_evaluations: int = 0
+    wall_s: float = 0.0
+    dense_score: float | None = None
+    trajectory: tuple[StepScore, ...] = ()
+    mode: str = "none"
+
+
+@dataclass(frozen=True)
+class LayerBias:
+    """Output biases to ADD after pruning: to down_proj (``mlp``) and o_proj (``attn``)."""
+
+    mlp: "torch.Tensor | None" = None
+    attn: "torch.Tensor | None" = None
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    plan: Plan
+    stats: SearchStats = SearchStats()
+    biases: Mapping[int, LayerBias] = field(default_factory=lambda: MappingProxyType({}))
+    hashes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    from_lock: bool = False
+
+    def with_hashes(self, hashes: Mapping[str, str]) -> "MethodResult":
+        return replace(self, hashes=MappingProxyType(dict(hashes)))
+
+
+def emit(options: MethodOptions, event: ProgressEvent) -> None:
+    if options.progress is not None:
+        options.progress(event)
