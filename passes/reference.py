@@ -128,6 +128,21 @@ def shape_of(model: nn.Module) -> ModelShape:
     )
 
 
+def reference_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a (possibly pruned) HF causal LM, no cache, no gradient."""
+    with torch.no_grad():
+        logits: torch.Tensor = model(input_ids=input_ids, use_cache=False).logits
+    return logits
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: how prunec measures that two logit tensors agree.
+
+    One number per comparison, scaled by the largest reference logit so that it is
+    independent of the model's logit scale; exactness checks require <= 1e-4 (float32)."""
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
 def add_output_bias_(linear: nn.Linear, bias: torch.Tensor) -> None:
     """Add ``bias`` to ``linear``'s output (creating the bias parameter if absent), in place."""
     add = bias.detach().to(dtype=linear.weight.dtype, device=linear.weight.device)

@@ -2,15 +2,20 @@
 
 Deterministic for a given seed; float32; eval mode. Shapes are small enough that a forward
 pass takes milliseconds, yet keep every structural feature of SmolLM2 (GQA, tied or untied
-embeddings, rotary embeddings, RMSNorm, SwiGLU MLP).
+embeddings, rotary embeddings, RMSNorm, SwiGLU MLP). ``random_plan`` draws valid random
+plans (blocks, channel subsets, GQA-respecting head subsets) for property tests.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from prunec.compiler.ir import ModelShape
+from prunec.compiler.plan import LayerPlan, Plan
 
 
 @dataclass(frozen=True)
@@ -49,3 +54,31 @@ def tiny_llama(seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
     return model.eval()
+
+
+def random_plan(shape: ModelShape, seed: int, p_remove: float = 0.25) -> Plan:
+    """A random valid plan: blocks removed with probability ``p_remove``; random MLP channel
+    subsets; random head subsets with the same count in every kept KV group (sometimes
+    fewer KV groups, so whole groups go). For tests of the passes and the export."""
+    rng = random.Random(seed)
+    return Plan(tuple(_random_layer(rng, shape, i, p_remove) for i in range(shape.n_layers)),
+                method="random")
+
+
+def _random_layer(rng: random.Random, shape: ModelShape, i: int, p: float) -> LayerPlan:
+    attn_removed, mlp_removed = rng.random() < p, rng.random() < p
+    channels = None
+    if not mlp_removed and rng.random() < 0.6:
+        n = rng.randint(1, shape.intermediate - 1)
+        channels = tuple(sorted(rng.sample(range(shape.intermediate), n)))
+    heads = None
+    if not attn_removed and rng.random() < 0.6:
+        heads = _random_heads(rng, shape)
+    return LayerPlan(i, attn_removed, mlp_removed, heads, channels)
+
+
+def _random_heads(rng: random.Random, shape: ModelShape) -> tuple[int, ...]:
+    g = shape.group_size
+    groups = sorted(rng.sample(range(shape.n_kv_heads), rng.randint(1, shape.n_kv_heads)))
+    per_group = rng.randint(1, g)
+    return tuple(sorted(kv * g + j for kv in groups for j in rng.sample(range(g), per_group)))

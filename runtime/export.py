@@ -1,0 +1,108 @@
+"""ONNX export of a (pruned) captured causal LM: ``input_ids`` -> ``logits``.
+
+Contract of the written file:
+- one input ``input_ids`` int64 [batch, seq] and one output ``logits`` float32
+  [batch, seq, vocab]; batch and seq are symbolic (the exported program's torch.export
+  Dims become ONNX dim_params), so one file serves every batch size and length;
+- weights are embedded (one self-contained .onnx) when they fit in protobuf's 2 GB limit;
+  otherwise they go to ``<name>.onnx.data`` next to it and ``ExportInfo.external_data`` says
+  so. SmolLM2-135M is ~540 MB in float32, so it is embedded;
+- tied embeddings stay one initializer: the exported program has one tensor for
+  ``embed_tokens`` and ``lm_head`` and the exporter reads it twice (Gather, and MatMul
+  after a Transpose that onnxruntime folds at session creation, in memory only).
+
+How: ``torch.onnx.export`` (the dynamo exporter, onnxscript underneath) on the exported
+program from ``passes.pipeline.prune_graph`` (a GraphModule is re-exported first), the
+onnxscript optimizer (constant folding, dead-code and redundancy removal; its
+``input_size_limit`` stops it from folding weight-sized constants into copies), then
+``onnx.checker`` on the saved file and an onnxruntime CPU session as a load check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import ExportedProgram
+from torch.fx import GraphModule
+
+from prunec.passes.capture import CaptureConfig, example_input, reexport
+
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under 2 GiB for the graph itself
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    optimize: bool = True
+    check_onnxruntime: bool = True
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    path: Path
+    bytes: int  # .onnx plus external data, if any
+    external_data: bool
+    opset: int
+    nodes: int
+    initializers: int
+    parameters: int  # elements over all initializers
+    seconds: float
+
+
+def _program(pruned: ExportedProgram | GraphModule) -> ExportedProgram:
+    return pruned if isinstance(pruned, ExportedProgram) else reexport(pruned)
+
+
+def _weight_bytes(ep: ExportedProgram) -> int:
+    return sum(t.numel() * t.element_size() for t in ep.state_dict.values())
+
+
+def to_onnx_program(ep: ExportedProgram, config: ExportConfig) -> torch.onnx.ONNXProgram:
+    """Translate with the dynamo exporter; optimize with onnxscript if asked."""
+    program = torch.onnx.export(
+        ep, (example_input(CaptureConfig()),), dynamo=True, opset_version=config.opset,
+        input_names=["input_ids"], output_names=["logits"], optimize=False, verbose=False,
+    )
+    assert program is not None
+    if config.optimize:
+        import onnxscript.optimizer
+
+        onnxscript.optimizer.optimize(program.model, input_size_limit=1024,
+                                      output_size_limit=1024 * 1024)
+    return program
+
+
+def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 18,
+                config: ExportConfig | None = None) -> ExportInfo:
+    """Write ``pruned`` to ``path`` as ONNX; check it; return what was written."""
+    start = time.perf_counter()
+    config = config or ExportConfig(opset=opset)
+    ep = _program(pruned)
+    external = _weight_bytes(ep) >= PROTOBUF_LIMIT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = to_onnx_program(ep, config)
+    program.save(str(path), external_data=external)
+    onnx.checker.check_model(str(path))
+    if config.check_onnxruntime:
+        check_loads(path)
+    return _info(path, external, config.opset, time.perf_counter() - start)
+
+
+def check_loads(path: Path) -> None:
+    """Open ``path`` in onnxruntime (CPU); raises if the runtime rejects the graph."""
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _info(path: Path, external: bool, opset: int, seconds: float) -> ExportInfo:
+    model = onnx.load(str(path), load_external_data=False)
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    elements = sum(int(torch.Size(t.dims).numel()) for t in model.graph.initializer)
+    return ExportInfo(path, size, external, opset, len(model.graph.node),
+                      len(model.graph.initializer), elements, seconds)
