@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from prunec.compiler import files
 from prunec.compiler.checks import resolved
@@ -271,12 +272,13 @@ def _output_words(spec: Spec) -> list[str]:
 def print_explanation(exp: Explanation, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     for i, step in enumerate(exp.steps, 1):
-        console.print(f"{i}. {step}", highlight=False)
+        console.print(Text(f"{i}. {step}"), highlight=False)
     table = Table(show_header=True, header_style="bold")
     for col in ("section", "setting", "value"):
         table.add_column(col, overflow="fold")
     last = ""
     for r in exp.rows:
-        table.add_row(r.section if r.section != last else "", r.setting, r.value)
+        table.add_row(Text(r.section if r.section != last else ""), Text(r.setting),
+                      Text(r.value))
         last = r.section
     console.print(table)
