@@ -1,0 +1,336 @@
+"""``prunec build``: spec -> model -> plan -> pruned graph -> ONNX artifact + report.
+
+Stages, in order (each timed in ``report.json``'s ``timings_s``):
+  load_model -> load_data -> plan -> evaluate_dense (PyTorch, before any pruning)
+  -> compile (graph passes + ONNX export, into the temporary artifact directory)
+  -> evaluate_pruned (onnxruntime) -> gates -> write -> publish.
+The plan is the spec's manual plan (``compiler.manual``, importance from weight magnitude),
+else its static method (``prunec.passes.methods``), else dense.
+
+Artifact directory (see ``prunec.runtime.artifact`` for the atomic protocol)::
+
+    DIR/model.onnx (+ model.onnx.data)   the pruned model: input_ids int64 [batch, seq] -> logits
+    DIR/tokenizer.json, tokenizer_config.json, ...   tokenizer.save_pretrained
+    DIR/plan.json                          Plan.to_json()
+    DIR/report.json                        BuildReport.to_json(), written last
+
+Output directory: ``-o DIR``, else the spec's ``output`` relative to the spec's directory,
+else ``build/<spec name>`` relative to the current directory.
+
+Gates: when a gate fails, the build exits 1 and the artifact is NOT published: an existing
+artifact at DIR stays as it was, and the failing report is written next to it as
+``DIR.failed-report.json`` (replaced atomically; deleted by the next successful build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+from prunec.compiler.ir import ModelShape, OnnxExport, Provider, Spec
+from prunec.compiler.plan import Plan
+from prunec.runtime.artifact import ArtifactDir, checkpoint, replaceable
+from prunec.runtime.report import BuildReport, DatasetResult, check_gates
+
+DEFAULT_EXPORT_SEQ_LEN = 256
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """What the compiler backend turns into ``path`` (an ONNX file)."""
+
+    model: Any  # the loaded (dense) nn.Module; backends must not modify it
+    plan: Plan
+    shape: ModelShape
+    path: Path
+    opset: int
+    span: Span  # the spec's model line, for diagnostics about the model
+
+
+CompileFn = Callable[[CompileJob], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path | None = None  # -o DIR
+    quiet: bool = False
+    batch_size: int = 4  # sequences per forward pass when evaluating
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    report: dict[str, Any]
+    artifact: Path | None  # None when a gate failed
+    failed_report: Path | None  # DIR.failed-report.json when a gate failed
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+@dataclass
+class Timings:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+        checkpoint(name)
+
+
+# ------------------------------------------------------------------ the compiler
+
+
+def graph_compile(job: CompileJob) -> dict[str, Any]:
+    """The real backend: torch.fx passes (``prunec.passes.pipeline``) then ONNX export."""
+    from prunec.passes.pipeline import prune_graph
+    from prunec.runtime.export import export_onnx
+
+    graph, pass_report = prune_graph(job.model, job.plan, job.shape, job.span)
+    info = export_onnx(graph, job.path, opset=job.opset)
+    return {"passes": _jsonable(pass_report), "export": _jsonable(info)}
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def output_dir(spec: Spec, spec_dir: Path, override: Path | None) -> Path:
+    if override is not None:
+        return override
+    if spec.output:
+        return spec_dir / spec.output
+    return Path("build") / spec.name
+
+
+def failed_report_path(out: Path) -> Path:
+    return out.parent / f"{out.name}.failed-report.json"
+
+
+def onnx_settings(spec: Spec) -> OnnxExport:
+    found = spec.onnx_export()
+    return found or OnnxExport("model.onnx", 18, False, (Provider.CPU,), spec.span)
+
+
+def unsupported(spec: Spec) -> list[Diagnostic]:
+    """Spec features this build cannot honour yet (errors on their spans)."""
+    from prunec.compiler.ir import HfExport
+
+    out = [Diagnostic.error("P0407", "exporting a pruned model as a Hugging Face directory is "
+                            "not supported (its layers have different widths)", e.span,
+                            "use an onnx export") for e in spec.exports if isinstance(e, HfExport)]
+    if spec.probe is not None and not _module_exists("prunec.runtime.gated"):
+        out.append(Diagnostic.error("P0408", "dynamic probe pruning is not implemented yet",
+                                    spec.probe.span))
+    return out
+
+
+def _module_exists(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.prunec-tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------- stages
+
+
+def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], progress: Any) -> Plan:
+    """Manual plan, else static method, else dense (see the module docstring)."""
+    if spec.plan is not None:
+        from prunec.compiler.manual import resolve_manual_plan
+        from prunec.runtime.importance import magnitude_importance
+
+        return resolve_manual_plan(spec.plan, loaded.shape,
+                                   magnitude_importance(loaded.model, loaded.shape))
+    if spec.static is None:
+        return Plan.dense(loaded.shape)
+    compute = _method_entry(spec)
+    plan = compute(spec, loaded.model, loaded.shape, data, progress)
+    problems = plan.validate(loaded.shape)
+    if problems:
+        raise RuntimeError(f"method {spec.static.method.value} produced an invalid plan: "
+                           + "; ".join(problems))
+    return plan  # type: ignore[no-any-return]
+
+
+def _method_entry(spec: Spec) -> Any:
+    import importlib
+
+    assert spec.static is not None
+    name = spec.static.method.value
+    try:
+        methods = importlib.import_module("prunec.passes.methods")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("prunec.passes.methods",):
+            raise
+        methods = None
+    compute = getattr(methods, "compute_plan", None)
+    if compute is None:
+        raise CompileError((Diagnostic.error(
+            "P0409", f"static method {name} is not implemented yet", spec.static.span),))
+    return compute
+
+
+def needed_datasets(spec: Spec) -> tuple[str, ...]:
+    names = list(spec.eval_datasets())
+    extra = [spec.static.score_dataset if spec.static else None,
+             spec.probe.history_dataset if spec.probe else None]
+    names += [n for n in extra if n and n not in names]
+    return tuple(names)
+
+
+def load_data(spec: Spec, spec_dir: Path, tokenizer: Any) -> dict[str, Any]:
+    from prunec.runtime.data import load_dataset
+
+    return {n: load_dataset(spec.dataset(n), spec_dir, tokenizer) for n in needed_datasets(spec)}
+
+
+def evaluate_all(names: tuple[str, ...], data: dict[str, Any], logits_fn: Any,
+                 ctx: "BuildContext", which: str) -> dict[str, Any]:
+    from prunec.runtime.evaluate import perplexity
+
+    return {n: perplexity(logits_fn, data[n], ctx.options.batch_size, ctx.progress,
+                          f"{which} perplexity on {n}") for n in names}
+
+
+def onnx_counts(path: Path) -> tuple[int, int]:
+    """(float initializer params, those of rank 2) of an ONNX file (weights not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+              onnx.TensorProto.DOUBLE}
+    total = matrices = 0
+    for init in model.graph.initializer:
+        if init.data_type not in floats:
+            continue
+        n = 1
+        for d in init.dims:
+            n *= d
+        total += n
+        matrices += n if len(init.dims) == 2 else 0
+    return total, matrices
+
+
+# ------------------------------------------------------------------------ driver
+
+
+@dataclass
+class BuildContext:
+    spec: Spec
+    spec_dir: Path
+    options: BuildOptions
+    progress: Any
+    compile_fn: CompileFn
+    timings: Timings = field(default_factory=Timings)
+
+
+def build(spec: Spec, spec_dir: Path, options: BuildOptions = BuildOptions(),
+          compile_fn: CompileFn = graph_compile) -> BuildResult:
+    """Build ``spec``'s artifact; CompileError for user errors (nothing is written then)."""
+    from prunec.runtime.evaluate import make_progress
+
+    problems = unsupported(spec)
+    if problems:
+        raise CompileError(tuple(problems))
+    out = output_dir(spec, spec_dir, options.output).absolute()
+    if not replaceable(out):
+        raise CompileError((Diagnostic.error(
+            "P0406", f"output directory {out} exists and is not a prunec artifact; "
+            "refusing to replace it", Span.unknown(spec.file), "choose another -o DIR"),))
+    with make_progress(options.quiet) as progress:
+        ctx = BuildContext(spec, spec_dir, options, progress, compile_fn)
+        start = time.perf_counter()
+        return _run(ctx, out, start)
+
+
+def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
+    from prunec.runtime.evaluate import torch_logits
+    from prunec.runtime.models import load_model
+
+    spec, t = ctx.spec, ctx.timings
+    with t.stage("load_model"):
+        loaded = load_model(spec.model, ctx.spec_dir)
+    with t.stage("load_data"):
+        data = load_data(spec, ctx.spec_dir, loaded.tokenizer)
+    with t.stage("plan"):
+        plan = make_plan(spec, loaded, data, ctx.progress)
+    with t.stage("evaluate_dense"):
+        dense = evaluate_all(spec.eval_datasets(), data, torch_logits(loaded.model), ctx, "dense")
+    artifact = ArtifactDir(out)
+    with artifact as tmp:
+        checkpoint("artifact-open")
+        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp)
+        with t.stage("write"):
+            loaded.tokenizer.save_pretrained(str(tmp))
+            write_json(tmp / "plan.json", plan.to_json())
+        t.stages["total"] = time.perf_counter() - start
+        data_json = dataclasses.replace(report, timings=dict(t.stages)).to_json()
+        write_json(tmp / "report.json", data_json)
+        checkpoint("report-written")
+        if not data_json["passed"]:
+            failed = failed_report_path(out)
+            write_json(failed, data_json)
+            return BuildResult(data_json, None, failed)
+        artifact.commit()
+    failed_report_path(out).unlink(missing_ok=True)
+    return BuildResult(data_json, out, None)
+
+
+def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
+                       dense: dict[str, Any], tmp: Path) -> BuildReport:
+    from prunec.compiler.plan import param_count
+    from prunec.runtime.evaluate import onnx_logits
+    from prunec.runtime.session import open_session
+
+    spec, t, export = ctx.spec, ctx.timings, onnx_settings(ctx.spec)
+    onnx_path = tmp / export.file
+    with t.stage("compile"):
+        compiled = ctx.compile_fn(CompileJob(loaded.model, plan, loaded.shape, onnx_path,
+                                             export.opset, spec.model.span))
+    with t.stage("evaluate_pruned"):
+        session = open_session(onnx_path, export.providers)
+        pruned = evaluate_all(spec.eval_datasets(), data, onnx_logits(session.session), ctx,
+                              "pruned")
+    results = {n: DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]), dense[n],
+                                pruned[n]) for n in spec.eval_datasets()}
+    seq_lens = [int(data[n].shape[1]) for n in spec.eval_datasets()]
+    return BuildReport(
+        spec={"name": spec.name, "file": spec.file},
+        model={"source": spec.model.source.value, "location": spec.model.location,
+               "dtype": spec.model.dtype.value, "source_hash": loaded.source_hash,
+               "shape": dataclasses.asdict(loaded.shape)},
+        shape=loaded.shape, plan=plan,
+        flops_seq_len=max(seq_lens, default=DEFAULT_EXPORT_SEQ_LEN),
+        onnx_counts=onnx_counts(onnx_path), perplexity=tuple(results.values()),
+        gates=check_gates(spec.gates, param_count(loaded.shape, plan), results),
+        providers={"requested": list(session.requested), "used": list(session.used),
+                   "notes": list(session.notes)},
+        timings={}, compile_info=compiled)

@@ -1,0 +1,101 @@
+"""Perplexity of a PyTorch module or an ONNX artifact on a token dataset.
+
+Definition (the same for both backends, and the one MultiPruner scores with): for a sequence
+x_0 .. x_{T-1}, the model's logits at position t predict x_{t+1}; the sequence's NLL is the
+mean over t = 0 .. T-2 of -log softmax(logits_t)[x_{t+1}] (T-1 predictions); the dataset's
+perplexity is exp(mean over sequences of the sequence NLL). Log-softmax runs in float32 on
+the logits, the means accumulate in float64. No BOS is added and no token is masked: every
+sequence is a full ``seq_len`` chunk (see ``prunec.runtime.data``).
+
+Both backends go through ``perplexity(logits_fn, data)``: the PyTorch path calls the module
+under ``torch.no_grad``; the ONNX path feeds ``input_ids`` (int64 [batch, seq]) to the
+session and reads ``logits``, then scores with the very same torch code.
+
+Progress bars go to stderr and are shown only on a terminal and without ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    ppl: float
+    mean_nll: float
+    sequences: int
+    tokens: int  # predicted tokens: sequences * (seq_len - 1)
+    seconds: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"ppl": self.ppl, "mean_nll": self.mean_nll, "sequences": self.sequences,
+                "tokens": self.tokens, "seconds": round(self.seconds, 3)}
+
+
+def sequence_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL per sequence (float64 [batch]) from logits [batch, T, vocab]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return -picked.double().mean(dim=1)
+
+
+def perplexity(logits_fn: LogitsFn, data: torch.Tensor, batch_size: int = 4,
+               progress: Any = None, label: str = "perplexity") -> Perplexity:
+    """exp(mean sequence NLL) of ``logits_fn`` over ``data`` [samples, seq_len]."""
+    if data.dim() != 2 or data.shape[1] < 2:
+        raise ValueError(f"data must be [samples, seq_len >= 2], got {tuple(data.shape)}")
+    start = time.perf_counter()
+    task = progress.add_task(label, total=data.shape[0]) if progress is not None else None
+    nlls = []
+    for i in range(0, data.shape[0], batch_size):
+        batch = data[i:i + batch_size]
+        nlls.append(sequence_nll(logits_fn(batch), batch))
+        if progress is not None:
+            progress.advance(task, batch.shape[0])
+    if progress is not None:
+        progress.remove_task(task)
+    mean = float(torch.cat(nlls).mean())
+    return Perplexity(math.exp(mean), mean, int(data.shape[0]),
+                      int(data.shape[0] * (data.shape[1] - 1)), time.perf_counter() - start)
+
+
+def torch_logits(model: Any) -> LogitsFn:
+    """Logits of a HF causal LM (no KV cache, no gradients)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=batch, use_cache=False).logits  # type: ignore[no-any-return]
+
+    return run
+
+
+def onnx_logits(session: Any) -> LogitsFn:
+    """Logits of an ONNX causal LM session (input ``input_ids``, output ``logits``)."""
+    output = "logits" if "logits" in [o.name for o in session.get_outputs()] else None
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run([output] if output else None,
+                                {"input_ids": batch.numpy().astype("int64")})[:1]
+        return torch.from_numpy(logits)
+
+    return run
+
+
+def make_progress(quiet: bool = False) -> Any:
+    """A rich Progress on stderr; disabled when quiet or when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    transient=True, disable=quiet or not console.is_terminal)
