@@ -28,7 +28,7 @@ CODES: dict[str, str] = {
     "P0015": "malformed plan action",
     "P0016": "malformed list",
     "P0017": "expected a name (a block label or dataset name)",
-    "P0018": "expected another entry or '}' in a block",
+    "P0018": "unexpected token after a value (a missing comma, a second value)",
     # lowering: structure, keys and value types
     "P0101": "unknown key in a block",
     "P0102": "a key is given twice in one block",

@@ -127,7 +127,7 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         "expected a top-level item: model, dataset, prune, plan, probe, gates, export or "
         "`key = value`",
         None,
-        ("}", "3", "\"x\"", "[", "= 3", "model demo }", "name = 3 }", ",", ".", "(", "model demo { } }"),
+        ("}", "3", "\"x\"", "[", "= 3", "model demo }", "name = 3 }", "model demo name = 3 }", ",", ".", "(", "model demo { } }"),
     ),
     "P0013": (
         "malformed layer selector",
@@ -158,11 +158,19 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
          "plan { 3 }", "plan { keep heads 3 in layers[1] }", "plan { keep 3 heads layers[1] }",
          "plan { remove layers[1] mlp }", "plan { keep heads [1] layers[1] }"),
     ),
+    "P0018": (
+        "unexpected token after a value",
+        "separate list items with ','; give each key one value; close blocks with '}'",
+        ("probe { ratio = 3 3 }", "probe { ratio = 3 \"x\" }", "probe { 3 }",
+         "probe { \"x\" }", "probe { ratio = 3 = }", "probe { ratio = layers keep }",
+         "probe { ratio = 3 [ }", "probe { ratio = a b c }", "name = [3 4]", "name = [a b]",
+         "name = [\"a\" \"b\"]", "name = [3 }", "probe { { }", "probe { . }",
+         "probe { ratio = 3 ) }", "name = [layers[1] 2]", "name = [1 .. 2 3]"),
+    ),
     "P0016": (
         "malformed list",
         "lists are written [a, b, c]; they do not nest",
-        ("name = [3 4]", "name = [3,,]", "name = [[", "name = [,]",
-         "name = [a b]", "name = [\"a\" \"b\"]", "name = [3, }", "name = [3 }"),
+        ("name = [3,,]", "name = [[", "name = [,]", "name = [3, }", "name = [3, ="),
     ),
     "P0017": (
         "expected a name here",
@@ -170,14 +178,6 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         ("model {", "model 3", "model \"x\"", "dataset {", "dataset a {", "dataset 3",
          "export {", "export 3", "model }", "export }", "dataset a 3", "prune 3",
          "dataset a }"),
-    ),
-    "P0018": (
-        "expected a block body, another entry or '}'",
-        "a block closes with '}'",
-        ("probe { ratio = 3 3 }", "probe { ratio = 3 \"x\" }", "probe { 3 }",
-         "probe { \"x\" }", "probe { ratio = 3 = }", "probe { ratio = layers keep }",
-         "probe { ratio = 3 [ }", "probe { ratio = a b c }", "probe { a { b = 1 } c = }",
-         "probe { { }", "probe { . }", "probe { ratio = 3 ) }"),
     ),
 }
 
@@ -204,12 +204,35 @@ def _is_eof(exc: UnexpectedInput) -> bool:
 
 
 def _match(exc: UnexpectedInput, text: str) -> str:
-    examples = {code: list(ex) for code, (_, _, ex) in ERROR_EXAMPLES.items()}
-    try:
-        label = exc.match_examples(parser().parse, examples, use_accepts=True)
-    except (LarkError, RecursionError):  # pragma: no cover - defensive
-        label = None
-    return str(label) if label else "P0010"
+    """The code whose examples fail in the same parser state (and, best, on the same
+    kind of token) as ``exc``. Unlike Lark's ``match_examples`` this compares the state
+    number only, not the stack depth, so an error reads the same wherever it occurs."""
+    if not isinstance(exc, UnexpectedToken):
+        return "P0010"
+    exact, by_state = _example_index()
+    state = _state_of(exc)
+    return exact.get((state, exc.token.type)) or by_state.get(state) or "P0010"
+
+
+def _state_of(exc: UnexpectedToken) -> int:
+    state = exc.state
+    return int(getattr(state, "position", state))
+
+
+@lru_cache(maxsize=1)
+def _example_index() -> tuple[dict[tuple[int, str], str], dict[int, str]]:
+    exact: dict[tuple[int, str], str] = {}
+    by_state: dict[int, str] = {}
+    for code, (_, _, examples) in ERROR_EXAMPLES.items():
+        for example in examples:
+            try:
+                parser().parse(example)
+            except UnexpectedToken as e:
+                exact.setdefault((_state_of(e), e.token.type), code)
+                by_state.setdefault(_state_of(e), code)
+            except UnexpectedInput:
+                continue
+    return exact, by_state
 
 
 def _bad_character(text: str, pos: int, line: int, col: int) -> SyntaxProblem:
@@ -221,7 +244,7 @@ def _bad_character(text: str, pos: int, line: int, col: int) -> SyntaxProblem:
         )
     return SyntaxProblem(
         "P0004", f"unexpected character {_show(ch)}", line, col, col + 1,
-        "comments start with # or //" if ch == "/" else None,
+        {"/": "comments start with # or //", "<": "bounds are written <="}.get(ch),
     )
 
 
