@@ -234,13 +234,8 @@ def probe_block(f: Fields, sink: list[Diagnostic]) -> ProbePolicy | None:
     default_skip = (LayerSelector(SelectorKind.RANGE, 0, 2, f.span),)
     skips = default_skip if skip is None else tuple(
         s for s in (sx.selector(i, "skip", sink) for i in sx.items(skip)) if s)
-    if "ratio" not in f.attrs:
-        sink.append(Diagnostic.error("P0106", "the probe block needs a ratio", f.span,
-                                     "write ratio = 40%"))
-    if ratio is None:
-        return None
-    return ProbePolicy(
-        ratio=ratio,
+    policy = ProbePolicy(
+        ratio=ratio or 0.0,
         targets=targets or (ProbeTarget.MLP, ProbeTarget.HEADS),
         skip=skips,
         mode=f.get("mode", _enum(ProbeMode), ProbeMode.PROBE, sink),
@@ -252,6 +247,10 @@ def probe_block(f: Fields, sink: list[Diagnostic]) -> ProbePolicy | None:
         round_to=f.get("round", sx.integer, 64, sink),
         span=f.span,
     )
+    if "ratio" not in f.attrs:
+        sink.append(Diagnostic.error("P0106", "the probe block needs a ratio", f.span,
+                                     "write ratio = 40%"))
+    return None if ratio is None else policy
 
 
 def _words(v: sx.Value | None, key: str, kind: type[T], sink: list[Diagnostic]

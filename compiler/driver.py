@@ -43,7 +43,9 @@ def check_source(text: str, filename: str = "<string>") -> tuple[Spec | None, li
     except RecursionError:
         spec, diags = None, [_too_deep(filename)]
     diags = sorted(diags, key=lambda d: (d.span.line, d.span.col, d.code))
-    return (None if any(d.is_error for d in diags) else spec), diags
+    if any(d.is_error for d in diags):  # an unused dataset is noise next to an error
+        return None, [d for d in diags if d.code != "P0220"]
+    return spec, diags
 
 
 def _too_deep(filename: str) -> Diagnostic:

@@ -1,0 +1,113 @@
+"""Lowering and checks of valid specs: IR goldens, defaults, spans on every node."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from frontkit import HUB_CACHE, SPECS, VALID, dump_ir
+
+from prunec.compiler.diagnostics import Span
+from prunec.compiler.driver import check_source, load_spec
+from prunec.compiler.ir import (
+    DType,
+    ModelSource,
+    OnnxExport,
+    ProbeMetric,
+    ProbeMode,
+    ProbeTarget,
+    Provider,
+    Scope,
+    SelectorKind,
+    Spec,
+)
+
+
+@pytest.fixture(autouse=True)
+def _hub_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(HUB_CACHE))
+
+
+@pytest.mark.parametrize("path", SPECS + VALID, ids=lambda p: p.stem)
+def test_checks_clean_and_ir_golden(path: Path, golden) -> None:  # type: ignore[no-untyped-def]
+    spec, diags = load_spec(path)
+    assert spec is not None, [d.headline() for d in diags]
+    assert not any(d.is_error for d in diags)
+    golden(f"ir/{path.parent.name}-{path.stem}.txt", dump_ir(spec))
+
+
+@pytest.mark.parametrize("path", SPECS + VALID, ids=lambda p: p.stem)
+def test_every_node_has_a_span_in_the_spec(path: Path) -> None:
+    spec, _ = load_spec(path)
+    assert spec is not None
+    for span in _spans(spec):
+        assert span.file == str(path) and span.line >= 1 and span.col >= 1
+
+
+def _spans(node: object) -> list[Span]:
+    if isinstance(node, Span):
+        return [node]
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return [s for f in dataclasses.fields(node) for s in _spans(getattr(node, f.name))]
+    if isinstance(node, tuple):
+        return [s for v in node for s in _spans(v)]
+    return []
+
+
+def _check(text: str) -> Spec:
+    spec, diags = check_source(text, str(SPECS[0].parent / "t.prune"))
+    assert spec is not None, [d.headline() for d in diags]
+    return spec
+
+
+def test_defaults_follow_the_algorithms() -> None:
+    spec = _check('model demo\ndataset c text "data/kjv-calib.txt"\n'
+                  "prune multipruner { target = 20%  score = c }\nprobe { ratio = 40% }\n"
+                  'export onnx\nexport hf\n')
+    assert spec.model.source is ModelSource.DEMO and spec.model.dtype is DType.FLOAT32
+    d = spec.datasets[0]
+    assert (d.samples, d.seq_len, d.seed, d.slice, d.field) == (64, 256, 0, None, None)
+    s = spec.static
+    assert s is not None and s.distribution is None and s.steps is None
+    assert s.reorder and s.scope is Scope.PER_LAYER and s.protect == ()
+    p = spec.probe
+    assert p is not None and p.targets == (ProbeTarget.MLP, ProbeTarget.HEADS)
+    assert [(x.kind, x.start, x.stop) for x in p.skip] == [(SelectorKind.RANGE, 0, 2)]
+    assert (p.mode, p.token_fraction, p.sample_fraction, p.momentum, p.metric, p.round_to) == (
+        ProbeMode.PROBE, 0.5, 0.05, 0.99, ProbeMetric.PPSP, 64)
+    assert p.history_dataset is None
+    onnx = spec.onnx_export()
+    assert onnx == OnnxExport("model.onnx", 18, True, (Provider.CUDA, Provider.CPU), onnx.span)
+    assert spec.exports[1].directory == "hf"  # type: ignore[union-attr]
+    assert spec.name == "t" and spec.output is None
+
+
+def test_distribution_is_normalised() -> None:
+    spec = _check('model demo\ndataset c text "data/kjv-calib.txt"\n'
+                  "prune multipruner { target = 20% score = c distribution = 3:7:0 }\n")
+    assert spec.static is not None and spec.static.distribution is not None
+    dist = spec.static.distribution
+    assert (dist.blocks, dist.mlp, dist.heads) == pytest.approx((0.3, 0.7, 0.0))
+
+
+def test_units_and_fractions() -> None:
+    spec = _check('model demo\ndataset c text "data/kjv-calib.txt" { slice = 0.25 .. 75% }\n'
+                  "evaluate = [c]\ngates { params <= 1.2B\n params <= 500K\n"
+                  "perplexity(c) <= 30 }\n")
+    assert [getattr(g, "max_params", None) for g in spec.gates[:2]] == [1_200_000_000, 500_000]
+    sl = spec.datasets[0].slice
+    assert sl is not None and (sl.start, sl.end) == (0.25, 0.75)
+
+
+def test_gating_explicit_off_with_probe() -> None:
+    spec = _check('model demo\ndataset c text "data/kjv-calib.txt"\n'
+                  "probe { ratio = 40% history = c }\nexport onnx { gating = off }\n")
+    onnx = spec.onnx_export()
+    assert onnx is not None and not onnx.gating
+
+
+def test_several_errors_in_one_run() -> None:
+    _, diags = check_source("model demo\nprobe { ratio = 140%  mode = fast  round = x }\n"
+                            "gates { params <= 3Q }\n", "x.prune")
+    assert [d.code for d in diags] == ["P0202", "P0104", "P0103", "P0105"]
