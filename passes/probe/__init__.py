@@ -1,0 +1,18 @@
+"""Probe Pruning (Le et al., ICLR 2025) in PyTorch: dynamic, batch-wise structured pruning.
+
+Pipeline of this package: ``layout`` (which blocks are gated and how many units stay) ->
+``history`` (H, initialised from calibration) -> ``model`` (the gated blocks: probe, fusion,
+PPsp, TopK, gathered weights, EMA of H) -> ``llama`` (the whole gated forward and the eager
+runner). ``maths`` holds the formulas; ``static`` the wanda-sp / flap baselines.
+Entry points for the build driver: ``calibrate_history`` and (in prunec.runtime.gated)
+``export_gated_onnx``.
+"""
+
+from prunec.passes.probe.history import BlockHistory, History, calibrate_history
+from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
+from prunec.passes.probe.llama import GatedLlama, ProbeRunner, build_gated, initial_state
+
+__all__ = [
+    "BlockGate", "BlockHistory", "GateKind", "GatedLlama", "History", "LayerGate", "ProbeRunner",
+    "build_gated", "calibrate_history", "initial_state", "layer_gates",
+]

@@ -1,0 +1,220 @@
+"""The gated Llama forward: pure torch with explicit weights, eager AND exportable.
+
+``GatedLlama(input_ids, histories) -> (logits, new_histories, kept)`` reproduces the HF
+Llama forward (no KV cache) and, per block with a ``DYNAMIC`` gate, Probe Pruning
+(algorithms.md §2): probe selection on the residual entering the block, the probe through
+the block's own projections, fusion with H, PPsp scores, ``topk(score, keep)`` (a constant
+``keep``), then the full batch through the gathered, smaller weights; the new H is the EMA
+of the batch's squared activations on the kept channels only. ``STATIC`` blocks gather a
+fixed index set (with an optional output bias: FLAP's compensation); ``DENSE`` blocks run
+whole. No data-dependent shapes and no control flow depend on tensor values, so
+``torch.onnx.export`` gives a statically shaped graph (TopK with constant K, Gather, MatMul).
+
+Attention under GQA: query head h reads KV head ``h // group`` (local numbering after any
+static plan); pruning drops query heads only (q rows + o_proj columns), k/v stay whole.
+``kept`` lists the kept indices (topk order) of every dynamic block, for exactness checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from prunec.passes.probe import maths
+from prunec.passes.probe.layout import BlockGate, GateKind
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    full_batch: bool  # the whole batch is the probe (upper bound)
+    token_frac: Fraction
+    sample_frac: Fraction
+    momentum: float
+    eps: float  # RMSNorm epsilon
+    head_dim: int
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF ``apply_rotary_pos_emb`` for ``x [B, H, T, d]`` and ``cos/sin [T, d]``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``q/k/v [B, H, T, d]`` with a causal mask -> ``[B, T, H*d]``."""
+    t = q.shape[2]
+    pos = torch.arange(t, device=q.device)
+    masked = pos.unsqueeze(0) > pos.unsqueeze(1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    scores = scores.masked_fill(masked, float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out.transpose(1, 2).reshape(q.shape[0], t, -1)
+
+
+def update_history(hist: torch.Tensor, act: torch.Tensor, cols: torch.Tensor,
+                   momentum: float) -> torch.Tensor:
+    """EMA of ``mean_b act^2`` into columns ``cols`` of rows ``0..T-1`` of ``hist``."""
+    t = act.shape[1]
+    head = hist[:t]
+    new = maths.ema_update(head.index_select(1, cols), act.pow(2).mean(0), momentum)
+    head = head.scatter(1, cols.unsqueeze(0).expand(t, cols.shape[0]), new)
+    return torch.cat([head, hist[t:]], dim=0)
+
+
+def select_probe(h: torch.Tensor, s: ProbeSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions ascending, samples) of the probe for the residual ``h [B, T, D]``."""
+    pos = maths.probe_positions(h, s.token_frac)
+    smp = maths.probe_samples(h.index_select(1, pos), s.sample_frac)
+    return pos, smp
+
+
+class GatedBlock(nn.Module):
+    """Shared plumbing of the attention and MLP blocks: norm, gate, static index, bias."""
+
+    def __init__(self, norm: torch.Tensor, gate: BlockGate, settings: ProbeSettings,
+                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+        super().__init__()
+        self.gate, self.settings = gate, settings
+        self.register_buffer("norm", norm.detach().clone())
+        idx, bias = static if static is not None else (None, None)
+        self.register_buffer("static_idx", idx)
+        self.register_buffer("bias", bias)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.gate.kind is GateKind.DYNAMIC
+
+    def choose(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               hist: torch.Tensor | None) -> torch.Tensor | None:
+        """Kept indices for this batch (None: all)."""
+        if self.gate.kind is GateKind.STATIC:
+            return self.static_idx
+        if not self.dynamic:
+            return None
+        assert hist is not None
+        return torch.topk(self.scores(h, x, rope, hist), self.gate.keep).indices
+
+    def scores(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               hist: torch.Tensor) -> torch.Tensor:
+        """PPsp scores from the probe (or the full batch) fused with H."""
+        if self.settings.full_batch:
+            probe_sq, hsel = self.activation(x, rope, None).pow(2).mean(0), hist[:x.shape[1]]
+        else:
+            pos, smp = select_probe(h, self.settings)
+            p = rms_norm(h.index_select(0, smp).index_select(1, pos), self.norm,
+                         self.settings.eps)
+            cos, sin = rope
+            act = self.activation(p, (cos.index_select(0, pos), sin.index_select(0, pos)), None)
+            probe_sq, hsel = act.pow(2).mean(0), hist.index_select(0, pos)
+        return self.importance(maths.fuse(probe_sq, hsel))
+
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                hist: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                   torch.Tensor | None]:
+        """(block output, new history or None, kept indices or None)."""
+        x = rms_norm(h, self.norm, self.settings.eps)
+        idx = self.choose(h, x, rope, hist)
+        act = self.activation(x, rope, idx)
+        out = self.project(act, idx)
+        if self.bias is not None:
+            out = out + self.bias
+        if not self.dynamic:
+            return out, None, idx
+        assert hist is not None and idx is not None
+        return out, update_history(hist, act, self.columns(idx), self.settings.momentum), idx
+
+    def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   idx: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def importance(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GatedMLP(GatedBlock):
+    """SwiGLU MLP; unit = intermediate channel k (gate/up row k, down column k)."""
+
+    def __init__(self, mlp: nn.Module, norm: torch.Tensor, gate: BlockGate,
+                 settings: ProbeSettings,
+                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+        super().__init__(norm, gate, settings, static)
+        down = mlp.down_proj.weight.detach()
+        self.register_buffer("w_gate", mlp.gate_proj.weight.detach().clone())
+        self.register_buffer("w_up", mlp.up_proj.weight.detach().clone())
+        self.register_buffer("w_down_t", down.t().contiguous())
+        self.register_buffer("down_pow4", maths.column_pow4(down))
+
+    def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   idx: torch.Tensor | None) -> torch.Tensor:
+        wg, wu = self.w_gate, self.w_up
+        if idx is not None:
+            wg, wu = wg.index_select(0, idx), wu.index_select(0, idx)
+        return torch.nn.functional.silu(x @ wg.t()) * (x @ wu.t())
+
+    def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        wd = self.w_down_t if idx is None else self.w_down_t.index_select(0, idx)
+        return act @ wd
+
+    def importance(self, s: torch.Tensor) -> torch.Tensor:
+        return maths.mlp_importance(s, self.down_pow4)
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx
+
+
+class GatedAttention(GatedBlock):
+    """GQA attention; unit = query head h (q rows and o_proj columns h*d .. h*d+d-1)."""
+
+    def __init__(self, attn: nn.Module, norm: torch.Tensor, gate: BlockGate,
+                 settings: ProbeSettings,
+                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+        super().__init__(norm, gate, settings, static)
+        d = settings.head_dim
+        q, o = attn.q_proj.weight.detach(), attn.o_proj.weight.detach()
+        n_heads, n_kv = q.shape[0] // d, attn.k_proj.weight.shape[0] // d
+        self.register_buffer("w_q", q.reshape(n_heads, d, -1).clone())
+        self.register_buffer("w_k", attn.k_proj.weight.detach().clone())
+        self.register_buffer("w_v", attn.v_proj.weight.detach().clone())
+        self.register_buffer("w_o_t", o.t().reshape(n_heads, d, -1).contiguous())
+        self.register_buffer("o_pow4", maths.column_pow4(o))
+        self.register_buffer("kv_map", torch.arange(n_heads) // (n_heads // n_kv))
+        self.register_buffer("head_offsets", torch.arange(d))
+
+    def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   idx: torch.Tensor | None) -> torch.Tensor:
+        b, t, hidden = x.shape
+        d = self.settings.head_dim
+        wq, kv_map = self.w_q, self.kv_map
+        if idx is not None:
+            wq, kv_map = wq.index_select(0, idx), kv_map.index_select(0, idx)
+        q = (x @ wq.reshape(-1, hidden).t()).view(b, t, -1, d).transpose(1, 2)
+        k = (x @ self.w_k.t()).view(b, t, -1, d).transpose(1, 2)
+        v = (x @ self.w_v.t()).view(b, t, -1, d).transpose(1, 2)
+        cos, sin = rope
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return causal_attention(q, k.index_select(1, kv_map), v.index_select(1, kv_map))
+
+    def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        wo = self.w_o_t if idx is None else self.w_o_t.index_select(0, idx)
+        return act @ wo.reshape(-1, wo.shape[-1])
+
+    def importance(self, s: torch.Tensor) -> torch.Tensor:
+        return maths.head_importance(s, self.o_pow4, self.settings.head_dim)
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        d = self.settings.head_dim
+        return (idx.unsqueeze(1) * d + self.head_offsets.unsqueeze(0)).reshape(-1)

@@ -1,0 +1,191 @@
+"""ONNX export of the probe-gated model, and the runtime that carries the history H.
+
+Artifact (``export_gated_onnx(..., path)`` with ``path = DIR/NAME.onnx``):
+- ``NAME.onnx``: inputs ``input_ids`` int64 ``[batch, seq]`` (2 <= seq <= max_len) and, per
+  dynamic block in layer order (attention before MLP), ``history.{layer}.attn`` float32
+  ``[max_len, heads_l * head_dim]`` / ``history.{layer}.mlp`` float32 ``[max_len,
+  channels_l]``; outputs ``logits`` ``[batch, seq, vocab]``, then ``history_out.{layer}.{kind}``
+  (same shapes: feed them back as the next call's ``history.*``), then, only when exported
+  with ``debug=True``, ``kept.{layer}.{kind}`` int64 ``[keep]`` (TopK order);
+- ``NAME.history.npz``: the initial H, one array per ``history.*`` input name;
+- ``NAME.gating.json``: the manifest (names, shapes, per-layer keep counts, policy numbers).
+H row t is absolute position t; a batch of length T reads/updates rows 0..T-1 (EMA, kept
+channels only). The graph is statically shaped in the pruned dims: TopK with constant K,
+Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it).
+``GatedSession`` runs it with onnxruntime, keeping H as OrtValues on the provider's device
+(IOBinding; on CUDA H never leaves the GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunec.compiler.ir import ModelShape, ProbePolicy
+
+FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero"})
+MIN_SEQ = 2
+
+
+@dataclass(frozen=True)
+class GatedExportInfo:
+    onnx_path: str
+    history_path: str
+    manifest_path: str
+    history_inputs: tuple[str, ...]  # history.{layer}.{attn|mlp}
+    history_outputs: tuple[str, ...]  # history_out.{layer}.{attn|mlp}
+    kept_outputs: tuple[str, ...]  # kept.{layer}.{kind} (debug exports only)
+    keep: dict[str, int]  # per history name: units kept per batch (heads or channels)
+    max_len: int
+    opset: int
+
+
+def _names(history_names: tuple[str, ...], debug: bool) -> tuple[list[str], list[str]]:
+    outs = ["logits"] + [n.replace("history.", "history_out.", 1) for n in history_names]
+    if debug:
+        outs += [n.replace("history.", "kept.", 1) for n in history_names]
+    return ["input_ids", *history_names], outs
+
+
+def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, opset: int,
+            debug: bool) -> None:
+    import torch
+    from torch.export import Dim
+
+    class _Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gated = gated
+
+        def forward(self, input_ids: torch.Tensor, histories: list[torch.Tensor]) -> Any:
+            logits, new, kept = self.gated(input_ids, histories)
+            return (logits, *new, *(kept if debug else []))
+
+    ids = torch.randint(0, vocab, (3, min(max_len, 17)))
+    batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=MIN_SEQ, max=max_len)
+    dyn = {"input_ids": {0: batch, 1: seq}, "histories": [None] * len(state)}
+    inputs, outputs = _names(gated.history_names, debug)
+    torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
+                      dynamic_shapes=dyn, opset_version=opset, optimize=True,
+                      input_names=inputs, output_names=outputs, external_data=False)
+
+
+def check_static_gating(path: str | Path) -> list[str]:
+    """Problems with a gated graph: control flow or data-dependent shapes (empty = fine)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({f"forbidden op {n.op_type}" for n in model.graph.node
+                   if n.op_type in FORBIDDEN_OPS})
+
+
+def _keep_counts(gated: Any) -> dict[str, int]:
+    blocks = [b for b in gated.blocks if b.dynamic]
+    return {n: b.gate.keep for n, b in zip(gated.history_names, blocks)}
+
+
+def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, history: Any,
+                      path: str | Path, opset: int = 18, debug: bool = False) -> GatedExportInfo:
+    """Export ``model`` (dense or statically pruned) with probe gating under ``policy``.
+
+    ``history`` is the ``History`` from ``calibrate_history``; ``debug`` adds the kept
+    indices as outputs. Writes the three artifact files next to ``path``."""
+    from prunec.passes.probe import build_gated, initial_state
+
+    path = Path(path)
+    gated = build_gated(model, shape, policy, history)
+    state = initial_state(gated, history)
+    _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
+    inputs, outputs = _names(gated.history_names, debug)
+    n = len(gated.history_names)
+    info = GatedExportInfo(str(path), str(path.with_suffix(".history.npz")),
+                           str(path.with_suffix(".gating.json")), tuple(inputs[1:]),
+                           tuple(outputs[1:1 + n]), tuple(outputs[1 + n:]),
+                           _keep_counts(gated), history.max_len, opset)
+    np.savez(info.history_path, **{k: v.numpy() for k, v in zip(inputs[1:], state)})
+    manifest = {**asdict(info), "policy": _policy_json(policy), "model": asdict(shape)}
+    Path(info.manifest_path).write_text(json.dumps(manifest, indent=2) + "\n")
+    return info
+
+
+def _policy_json(policy: ProbePolicy) -> dict[str, Any]:
+    return {"ratio": policy.ratio, "targets": [t.value for t in policy.targets],
+            "mode": policy.mode.value, "token_fraction": policy.token_fraction,
+            "sample_fraction": policy.sample_fraction, "momentum": policy.momentum,
+            "metric": policy.metric.value, "round_to": policy.round_to}
+
+
+def find_manifest(artifact: str | Path) -> Path:
+    """The ``*.gating.json`` of an artifact (its directory, its .onnx, or the json itself)."""
+    p = Path(artifact)
+    if p.suffix == ".json":
+        return p
+    if p.suffix == ".onnx":
+        return p.with_suffix(".gating.json")
+    found = sorted(p.glob("*.gating.json"))
+    if not found:
+        raise FileNotFoundError(f"no *.gating.json in {p}")
+    return found[0]
+
+
+class GatedSession:
+    """onnxruntime session of a gated artifact that carries H from call to call.
+
+    ``run(input_ids) -> logits`` (numpy). H lives in OrtValues on the first provider's
+    device and is rebound through IOBinding, so on CUDA it stays on the GPU; logits and
+    debug outputs come back to the host. ``reset()`` restores the shipped initial H."""
+
+    def __init__(self, artifact: str | Path, providers: list[str] | None = None,
+                 session_options: Any = None) -> None:
+        import onnxruntime as ort
+
+        manifest_path = find_manifest(artifact)
+        self.manifest = json.loads(manifest_path.read_text())
+        base = manifest_path.parent
+        onnx_path = base / Path(self.manifest["onnx_path"]).name
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options,
+                                            providers=providers or ["CPUExecutionProvider"])
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._init = dict(np.load(base / Path(self.manifest["history_path"]).name))
+        self.inputs = tuple(self.manifest["history_inputs"])
+        self.outputs = tuple(self.manifest["history_outputs"])
+        self.kept_names = tuple(self.manifest["kept_outputs"])
+        self.kept: dict[str, np.ndarray] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        import onnxruntime as ort
+
+        self.state = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self._init[n]),
+                                                       self.device, 0) for n in self.inputs]
+
+    def history(self) -> dict[str, np.ndarray]:
+        """The current H (copied to the host)."""
+        return {n: v.numpy() for n, v in zip(self.inputs, self.state)}
+
+    def run(self, input_ids: Any) -> np.ndarray:
+        ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
+        if not MIN_SEQ <= ids.shape[1] <= int(self.manifest["max_len"]):
+            raise ValueError(f"sequence length {ids.shape[1]} outside [{MIN_SEQ}, "
+                             f"{self.manifest['max_len']}] supported by this artifact")
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        for name, value in zip(self.inputs, self.state):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.outputs:
+            binding.bind_output(name, self.device)
+        for name in self.kept_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        n = len(self.outputs)
+        self.state = list(values[1:1 + n])
+        self.kept = {k: v.numpy() for k, v in zip(self.kept_names, values[1 + n:])}
+        logits: np.ndarray = values[0].numpy()
+        return logits
