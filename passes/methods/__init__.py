@@ -57,7 +57,7 @@ def compute_plan(static: "StaticPrune", model: "nn.Module", shape: "ModelShape",
     if static.method in (StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER):
         from prunec.passes.methods.search import run_search
 
-        result = run_search(static, model, shape, calib, options)
+        result = run_search(static, model, shape, calib, options, hashes)
     else:
         from prunec.passes.methods.oneshot import run_oneshot
 

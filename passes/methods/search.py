@@ -1,0 +1,254 @@
+"""Greedy structure search scored by calibration perplexity: MultiPruner and BlockPruner.
+
+Algorithm (algorithms.md section 1): stages in a fixed order, each a loop of steps; a step
+scores every candidate (one layer changed on top of the committed plan) and commits the one
+with the lowest perplexity (ties: the earlier candidate in layer order, attention before MLP).
+- blocks: remove a remaining attention or MLP block of an unprotected layer;
+- mlp: shrink one layer's MLP by ``budget.mlp_step`` channels (width stays > 0);
+- heads: drop ``budget.head_step`` whole KV groups of one layer (its query heads and its k/v
+  rows; at least one group stays). Whole groups keep the plan's GQA invariant and cut k/v too.
+Within a layer, importance is static magnitude (``reorder``): width cuts drop the weakest
+channels / KV groups (``importance.mlp_magnitude`` / summed ``head_magnitude``); without
+reorder they drop the last ones in the original order.
+Stopping: for a ``params`` target, stage s runs while the removed parameters are below
+(d0 + ... + ds) * goal (MultiPruner: d = distribution, default 44:52:4; BlockPruner: blocks
+only, d = 1:0:0); for per-dimension targets, while the removed blocks / channels / heads are
+below ratio * (2L / L*intermediate / L*heads). A stage without candidates ends early.
+The search is deterministic given the committed plan, so a run resumed from a saved state
+(``resume.py``) reaches the same final plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from prunec.compiler.diagnostics import CompileError, Diagnostic
+from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune
+from prunec.compiler.plan import Decision, LayerPlan, Plan
+from prunec.passes.methods import budget, importance, resume
+from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
+from prunec.passes.methods.types import (
+    MethodOptions,
+    MethodResult,
+    ProgressEvent,
+    SearchStats,
+    StepScore,
+    emit,
+)
+from prunec.passes.reference import decoder_layers
+
+DEFAULT_DISTRIBUTION = (0.44, 0.52, 0.04)
+STAGES = ("blocks", "mlp", "heads")
+
+
+@dataclass(frozen=True)
+class Orders:
+    """Per layer: MLP channels and KV groups, strongest first (the cut takes the tail)."""
+
+    channels: tuple[tuple[int, ...], ...]
+    groups: tuple[tuple[int, ...], ...]
+
+
+def magnitude_orders(model: nn.Module, shape: ModelShape, reorder: bool) -> Orders:
+    if not reorder:
+        return Orders(((tuple(range(shape.intermediate)),) * shape.n_layers),
+                      ((tuple(range(shape.n_kv_heads)),) * shape.n_layers))
+    channels, groups = [], []
+    for layer in decoder_layers(model):
+        c = importance.mlp_magnitude(layer)
+        g = importance.head_magnitude(layer, shape).view(shape.n_kv_heads, -1).sum(1)
+        channels.append(_descending(c))
+        groups.append(_descending(g))
+    return Orders(tuple(channels), tuple(groups))
+
+
+def _descending(scores: torch.Tensor) -> tuple[int, ...]:
+    return tuple(sorted(range(len(scores)), key=lambda j: (-float(scores[j]), j)))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layer: LayerPlan
+    action: str
+
+
+def candidates(stage: str, plan: Plan, static: StaticPrune, shape: ModelShape,
+               orders: Orders) -> list[Candidate]:
+    out: list[Candidate] = []
+    for i in budget.prunable_layers(static, shape):
+        lp = plan.layers[i]
+        if stage == "blocks":
+            out += _block_candidates(lp)
+        elif stage == "mlp" and not lp.mlp_removed:
+            out += _mlp_candidate(lp, budget.mlp_step(static, shape), orders.channels[i], shape)
+        elif stage == "heads" and not lp.attn_removed:
+            out += _head_candidate(lp, budget.head_step(static), orders.groups[i], shape)
+    return out
+
+
+def _block_candidates(lp: LayerPlan) -> list[Candidate]:
+    out = []
+    if not lp.attn_removed:
+        out.append(Candidate(replace(lp, attn_removed=True, kept_heads=None), "remove attn"))
+    if not lp.mlp_removed:
+        out.append(Candidate(replace(lp, mlp_removed=True, kept_channels=None), "remove mlp"))
+    return out
+
+
+def _mlp_candidate(lp: LayerPlan, step: int, order: tuple[int, ...],
+                   shape: ModelShape) -> list[Candidate]:
+    width = shape.intermediate if lp.kept_channels is None else len(lp.kept_channels)
+    if width - step <= 0:
+        return []
+    kept = tuple(sorted(order[:width - step]))
+    return [Candidate(replace(lp, kept_channels=kept), f"mlp -{step} channels ({len(kept)} kept)")]
+
+
+def _head_candidate(lp: LayerPlan, step: int, order: tuple[int, ...],
+                    shape: ModelShape) -> list[Candidate]:
+    groups = len(lp.kv_groups_kept(shape))
+    if groups - step <= 0:
+        return []
+    g = shape.group_size
+    kept = tuple(sorted(kv * g + j for kv in order[:groups - step] for j in range(g)))
+    return [Candidate(replace(lp, kept_heads=kept),
+                      f"heads -{step} KV group{'s' if step > 1 else ''} ({len(kept)} kept)")]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per stage: the (kind, amount) the stage runs until; kind is params/blocks/channels/heads."""
+
+    stages: tuple[tuple[str, str, float], ...]
+
+
+def stage_limits(static: StaticPrune, shape: ModelShape) -> Limits:
+    goal = budget.params_goal(static, shape)
+    if static.method is StaticMethod.BLOCKPRUNER:
+        shares = (1.0, 0.0, 0.0)
+    elif static.distribution is not None:
+        d = static.distribution
+        shares = (d.blocks, d.mlp, d.heads)
+    else:
+        shares = DEFAULT_DISTRIBUTION
+    if goal is not None:
+        out: list[tuple[str, str, float]] = []
+        acc = 0.0
+        for stage, share in zip(STAGES, shares):
+            acc += share
+            if share > 0:
+                out.append((stage, "params", acc * goal))
+        if out:
+            out[-1] = (out[-1][0], "params", float(goal))
+        return Limits(tuple(out))
+    t, L = static.target, shape.n_layers
+    return Limits(tuple(x for x in (
+        ("blocks", "blocks", (t.blocks or 0.0) * 2 * L),
+        ("mlp", "channels", (t.mlp or 0.0) * L * shape.intermediate),
+        ("heads", "heads", (t.heads or 0.0) * L * shape.n_heads)) if x[2] > 0
+        and (static.method is StaticMethod.MULTIPRUNER or x[0] == "blocks")))
+
+
+def removed(kind: str, plan: Plan, shape: ModelShape) -> float:
+    if kind == "params":
+        return budget.removed_params(shape, plan)
+    if kind == "blocks":
+        return sum(lp.attn_removed + lp.mlp_removed for lp in plan.layers)
+    if kind == "channels":
+        return sum(shape.intermediate if lp.mlp_removed else
+                   shape.intermediate - len(lp.kept_channels or range(shape.intermediate))
+                   for lp in plan.layers)
+    return sum(shape.n_heads if lp.attn_removed else
+               shape.n_heads - len(lp.kept_heads or range(shape.n_heads)) for lp in plan.layers)
+
+
+@dataclass
+class SearchState:
+    plan: Plan
+    trajectory: list[StepScore]
+    dense_score: float | None
+    layer_forwards: float = 0.0
+    evaluations: int = 0
+    wall_s: float = 0.0
+
+
+def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
+               calib: torch.Tensor | None, options: MethodOptions,
+               hashes: Mapping[str, str] | None = None) -> MethodResult:
+    if calib is None:
+        raise CompileError((Diagnostic.error(
+            "P0212", f"{static.method.value} scores candidates on calibration data",
+            static.span),))
+    key = resume.fingerprint(static, hashes or {}, options.mode)
+    state = resume.load(options.resume_path, key, static) or SearchState(
+        Plan.dense(shape, static.method.value), [], None)
+    started, base_forwards = time.perf_counter(), state.layer_forwards
+    base_evals, base_wall = state.evaluations, state.wall_s
+    driver = Driver(model, calib, options.batch_size)
+    engine = make_engine(options, model, shape, driver, state.plan)
+    score = engine.current()
+    if state.dense_score is None:
+        state.dense_score = score
+    orders = magnitude_orders(model, shape, static.reorder)
+
+    def sync() -> None:
+        state.layer_forwards = base_forwards + engine.counters.layer_forwards
+        state.evaluations = base_evals + engine.counters.evaluations
+        state.wall_s = base_wall + time.perf_counter() - started
+
+    for stage, kind, limit in stage_limits(static, shape).stages:
+        while removed(kind, state.plan, shape) < limit - 1e-9:
+            if not search_step(stage, static, shape, orders, engine, state, options):
+                break
+            sync()
+            resume.save(options.resume_path, key, state)
+            if options.on_step is not None:
+                options.on_step(len(state.plan.decisions))
+    sync()
+    stats = SearchStats(state.layer_forwards, state.evaluations, state.wall_s,
+                        state.dense_score, tuple(state.trajectory), options.mode)
+    return MethodResult(state.plan, stats)
+
+
+def make_engine(options: MethodOptions, model: nn.Module, shape: ModelShape, driver: Driver,
+                plan: Plan) -> FastEngine | ReferenceEngine:
+    if options.mode == "reference":
+        return ReferenceEngine(model, shape, driver, plan)
+    if options.mode != "fast":
+        raise ValueError(f"unknown evaluation mode {options.mode!r} (fast or reference)")
+    return FastEngine(model, shape, driver, plan, options.cache_mb)
+
+
+def search_step(stage: str, static: StaticPrune, shape: ModelShape, orders: Orders,
+                engine: FastEngine | ReferenceEngine, state: SearchState,
+                options: MethodOptions) -> bool:
+    """Score every candidate of ``stage``, commit the best; False when there is none."""
+    cands = candidates(stage, state.plan, static, shape, orders)
+    if not cands:
+        return False
+    step = len(state.plan.decisions)
+    task = f"{static.method.value} {stage} step {step + 1}"
+    best: tuple[float, int] | None = None
+    for n, cand in enumerate(cands):
+        s = engine.score(cand.layer)
+        if best is None or (s, n) < best:
+            best = (s, n)
+        emit(options, ProgressEvent(task, n + 1, len(cands), best[0], cand.action))
+    assert best is not None
+    win = cands[best[1]]
+    engine.commit(win.layer)
+    decision = Decision(step, stage, win.layer.index, win.action, best[0],
+                        static.target.span.line)
+    state.plan = state.plan.with_layer(win.layer).with_decision(decision)
+    state.trajectory.append(StepScore(step, stage, best[0],
+                                      shape_params(shape, state.plan)))
+    return True
+
+
+def shape_params(shape: ModelShape, plan: Plan) -> int:
+    return budget.dense_params(shape) - budget.removed_params(shape, plan)

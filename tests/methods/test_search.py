@@ -1,0 +1,78 @@
+"""MultiPruner / BlockPruner search: the fast engine chooses exactly the reference plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod
+from prunec.passes.methods import MethodOptions, budget, compute_plan
+from prunec.passes.reference import shape_of
+from prunec.passes.tiny import TinyConfig, tiny_llama
+
+from method_fixtures import SPAN, calib_tokens, make_static
+
+CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny matmuls are fastest (and least disturbed by a busy machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_llama(7, CONFIG).double()
+
+
+@pytest.fixture(scope="module")
+def calib() -> torch.Tensor:
+    return calib_tokens(5, 16, seed=11)
+
+
+def _search(model, calib, method=StaticMethod.MULTIPRUNER, mode="fast", **kw):
+    static = make_static(method, kw.pop("params", 0.3), steps=(12, None),
+                         distribution=kw.pop("distribution", (0.4, 0.5, 0.1)), **kw)
+    return static, compute_plan(static, model, shape_of(model), calib,
+                                MethodOptions(mode=mode, batch_size=2, **kw.pop("opts", {})))
+
+
+@pytest.mark.parametrize("method", [StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER])
+def test_fast_engine_chooses_exactly_the_reference_plan(model, calib, method) -> None:
+    protect = (LayerSelector(SelectorKind.INDEX, -1, None, SPAN),)
+    _, fast = _search(model, calib, method, "fast", protect=protect)
+    _, ref = _search(model, calib, method, "reference", protect=protect)
+    assert fast.plan == ref.plan
+    assert [d.score for d in fast.plan.decisions] == [d.score for d in ref.plan.decisions]
+    assert fast.stats.candidate_evaluations == ref.stats.candidate_evaluations
+    assert fast.stats.layer_forwards < 0.75 * ref.stats.layer_forwards
+    assert fast.plan.layers[-1] == type(fast.plan.layers[-1])(CONFIG.layers - 1)
+
+
+def test_multipruner_runs_its_stages_in_order_to_the_target(model, calib) -> None:
+    static, result = _search(model, calib)
+    shape = shape_of(model)
+    stages = [d.stage for d in result.plan.decisions]
+    assert stages == sorted(stages, key=["blocks", "mlp", "heads"].index)
+    assert set(stages) == {"blocks", "mlp", "heads"}
+    assert budget.removed_params(shape, result.plan) >= budget.params_goal(static, shape)
+    assert result.plan.validate(shape) == []
+    assert all(d.spec_line == SPAN.line and d.score is not None for d in result.plan.decisions)
+    assert len(result.stats.trajectory) == len(result.plan.decisions)
+    assert result.stats.dense_score is not None and result.stats.wall_s > 0
+
+
+def test_head_steps_remove_whole_kv_groups(model, calib) -> None:
+    _, result = _search(model, calib, params=None, heads=0.34, distribution=None)
+    shape = shape_of(model)
+    for lp in result.plan.layers:
+        if lp.kept_heads is not None:
+            per_group = {h // shape.group_size for h in lp.kept_heads}
+            assert len(lp.kept_heads) == len(per_group) * shape.group_size
+    assert {d.stage for d in result.plan.decisions} == {"heads"}
