@@ -71,27 +71,36 @@ class PassError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PassRecord:
+    """What one pass did (the report keeps no reference to the graph)."""
+
+    name: str
+    modified: bool
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
 class PassReport:
     """Per pass, in order: its name, whether it modified the graph, and its counts."""
 
-    results: tuple[tuple[str, PassResult], ...]
+    results: tuple[PassRecord, ...]
 
-    def counts(self, name: str) -> Mapping[str, int]:
-        for pass_name, result in self.results:
-            if pass_name == name:
-                return result.counts
+    def counts(self, name: str) -> dict[str, int]:
+        for record in self.results:
+            if record.name == name:
+                return record.counts
         raise KeyError(name)
 
     def lines(self) -> list[str]:
         out = []
-        for name, result in self.results:
-            changes = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v) or "no change"
-            out.append(f"{name}: {changes}")
+        for r in self.results:
+            changes = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v) or "no change"
+            out.append(f"{r.name}: {changes}")
         return out
 
     def to_json(self) -> list[dict[str, object]]:
-        return [{"pass": name, "modified": r.modified, "counts": dict(r.counts)}
-                for name, r in self.results]
+        return [{"pass": r.name, "modified": r.modified, "counts": dict(r.counts)}
+                for r in self.results]
 
 
 @dataclass(frozen=True)
@@ -99,16 +108,16 @@ class PassManager:
     passes: tuple[GraphPass, ...]
 
     def run(self, gm: GraphModule, ctx: PassContext) -> tuple[GraphModule, PassReport]:
-        results: list[tuple[str, PassResult]] = []
+        records: list[PassRecord] = []
         for graph_pass in self.passes:
             try:
                 result = graph_pass(gm, ctx)
             except CompileError:
                 raise
             except Exception as exc:
-                before = ", ".join(name for name, _ in results) or "none"
+                before = ", ".join(r.name for r in records) or "none"
                 raise PassError(f"pass {graph_pass.name!r} failed (passes run before it: "
                                 f"{before}): {exc}") from exc
-            results.append((graph_pass.name, result))
+            records.append(PassRecord(graph_pass.name, result.modified, dict(result.counts)))
             gm = result.module
-        return gm, PassReport(tuple(results))
+        return gm, PassReport(tuple(records))

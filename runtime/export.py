@@ -12,10 +12,12 @@ Contract of the written file:
   after a Transpose that onnxruntime folds at session creation, in memory only).
 
 How: ``torch.onnx.export`` (the dynamo exporter, onnxscript underneath) on the exported
-program from ``passes.pipeline.prune_graph`` (a GraphModule is re-exported first), the
-onnxscript optimizer (constant folding, dead-code and redundancy removal; its
-``input_size_limit`` stops it from folding weight-sized constants into copies), then
-``onnx.checker`` on the saved file and an onnxruntime CPU session as a load check.
+program from ``passes.pipeline.prune_graph`` (a GraphModule is re-exported first), then
+cheap onnx-ir cleanups (unused nodes, common subexpressions, identities: ~1 s on SmolLM2),
+then ``onnx.checker`` on the saved file and an onnxruntime CPU session as a load check.
+The full onnxscript optimizer (constant folding) is not run: on SmolLM2 it took ~55 s and
+made no measurable difference to onnxruntime latency (0.68 s vs 0.74 s at 1x256 on the
+2-core dev box), because onnxruntime folds constants itself when a session is created.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
+from onnx_ir.passes import common
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
@@ -62,18 +66,23 @@ def _weight_bytes(ep: ExportedProgram) -> int:
 
 
 def to_onnx_program(ep: ExportedProgram, config: ExportConfig) -> torch.onnx.ONNXProgram:
-    """Translate with the dynamo exporter; optimize with onnxscript if asked."""
+    """Translate with the dynamo exporter; clean up with onnx-ir passes if asked."""
     program = torch.onnx.export(
         ep, (example_input(CaptureConfig()),), dynamo=True, opset_version=config.opset,
         input_names=["input_ids"], output_names=["logits"], optimize=False, verbose=False,
     )
     assert program is not None
     if config.optimize:
-        import onnxscript.optimizer
-
-        onnxscript.optimizer.optimize(program.model, input_size_limit=1024,
-                                      output_size_limit=1024 * 1024)
+        cleanup(program.model)
     return program
+
+
+def cleanup(model: ir.Model) -> None:
+    """Remove unused nodes, merge common subexpressions, drop Identity nodes (in place)."""
+    passes = (common.RemoveUnusedNodesPass(), common.CommonSubexpressionEliminationPass(),
+              common.IdentityEliminationPass(), common.RemoveUnusedNodesPass())
+    for cleanup_pass in passes:
+        cleanup_pass(model)
 
 
 def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 18,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Captured
+from graphkit import Captured
 
 from prunec.passes.reference import reference_logits, relative_error
 

