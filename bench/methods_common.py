@@ -1,0 +1,90 @@
+"""Shared set-up for the static-method benchmarks: the demo model, KJV token batches, IR.
+
+Loads SmolLM2-135M-Instruct through ``prunec.runtime.models`` and tokenises the vendored
+KJV slices through ``prunec.runtime.data`` (calibration: specs/data/kjv-calib.txt, held-out
+evaluation: specs/data/kjv-eval.txt), and evaluates perplexity with PyTorch modules
+(``passes.reference.apply_plan_`` + FLAP biases) -- the same definition the search scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunec.compiler.diagnostics import Span
+from prunec.compiler.ir import (
+    DataFormat,
+    DatasetDecl,
+    Distribution,
+    DType,
+    LayerSelector,
+    ModelDecl,
+    ModelSource,
+    Scope,
+    SelectorKind,
+    StaticMethod,
+    StaticPrune,
+    Steps,
+    Target,
+)
+from prunec.passes.methods import MethodResult
+from prunec.passes.methods.evaluator import head_nll
+from prunec.passes.reference import apply_output_biases_, apply_plan_
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_DIR = ROOT / "specs"
+SPAN = Span("bench", 1, 1, 1, 1)
+
+
+def load_demo() -> Any:
+    from prunec.runtime.models import load_model
+
+    return load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, SPAN), SPEC_DIR)
+
+
+def tokens(tokenizer: Any, file: str, samples: int, seq_len: int) -> torch.Tensor:
+    from prunec.runtime.data import load_dataset
+
+    decl = DatasetDecl(file, DataFormat.TEXT, (f"data/{file}",), None, samples, seq_len, 0,
+                       None, SPAN)
+    return load_dataset(decl, SPEC_DIR, tokenizer)
+
+
+def static(method: StaticMethod, params: float, mlp_step: int = 192,
+           distribution: tuple[float, float, float] = (0.3, 0.7, 0.0)) -> StaticPrune:
+    protect = (LayerSelector(SelectorKind.INDEX, 0, None, SPAN),)
+    return StaticPrune(method, Target(params, None, None, None, SPAN),
+                       Distribution(*distribution, SPAN), Steps(mlp_step, 1, SPAN), "calib",
+                       protect, True, Scope.PER_LAYER, SPAN)
+
+
+@torch.no_grad()
+def perplexity(model: Any, result: MethodResult | None, shape: Any, ids: torch.Tensor,
+               batch: int = 8) -> float:
+    pruned = model
+    if result is not None:
+        pruned = apply_output_biases_(apply_plan_(copy.deepcopy(model), result.plan, shape),
+                                      result.biases)
+    nll = [head_nll(pruned, pruned.model(ids[s:s + batch], use_cache=False).last_hidden_state,
+                    ids[s:s + batch]) for s in range(0, ids.shape[0], batch)]
+    return math.exp(float(torch.cat(nll).mean()))
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")

@@ -1,0 +1,123 @@
+"""Held-out perplexity of the static methods on SmolLM2-135M at several parameter ratios.
+
+Methods: dense, multipruner, blockpruner, magnitude, wanda-sp, flap; calibration on
+specs/data/kjv-calib.txt, evaluation on specs/data/kjv-eval.txt (PyTorch modules via
+apply_plan_, FLAP biases included). BlockPruner's greedy path does not depend on the target
+(it stops at the first step past it), so one run to the largest ratio yields every ratio:
+its plan is snapshotted when each ratio is crossed. Rows are appended to the JSON as they
+finish (a long run can be read while it goes). Prints a table at the end.
+
+    python bench/search_quality.py --methods magnitude wanda-sp flap multipruner blockpruner
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from methods_common import load_demo, machine, perplexity, static, tokens, write_json
+from prunec.compiler.ir import StaticMethod
+from prunec.compiler.plan import Plan
+from prunec.passes.methods import MethodOptions, MethodResult, budget, compute_plan
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.1, 0.3])
+    p.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "flap",
+                                                     "multipruner", "blockpruner"])
+    p.add_argument("--calib", default="4x64", help="samples x seq_len for calibration")
+    p.add_argument("--eval", default="16x128", help="samples x seq_len held out")
+    p.add_argument("--mlp-step", type=int, default=384)
+    p.add_argument("--distribution", default="30:70:0")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for this process (1 is fastest on a busy 2-core box)")
+    p.add_argument("--out", default="bench/results/search_quality.json")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    lm = load_demo()
+    calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
+    held = tokens(lm.tokenizer, "kjv-eval.txt", *map(int, args.eval.split("x")))
+    dist = tuple(float(x) / 100 for x in args.distribution.split(":"))
+    out = Path(args.out)
+    report: dict[str, Any] = {"machine": machine(), "args": vars(args), "rows": []}
+
+    def record(method: str, ratio: float, result: MethodResult | None) -> None:
+        row = {"method": method, "ratio": ratio,
+               "heldout_ppl": perplexity(lm.model, result, lm.shape, held)}
+        if result is not None:
+            s = result.stats
+            row.update(params=budget.dense_params(lm.shape)
+                       - budget.removed_params(lm.shape, result.plan),
+                       calib_ppl=s.trajectory[-1].score if s.trajectory else None,
+                       search_s=s.wall_s, layer_forwards=s.layer_forwards,
+                       evaluations=s.candidate_evaluations, steps=len(s.trajectory))
+        report["rows"].append(row)
+        write_json(out, report)
+        print(json.dumps(row), flush=True)
+
+    record("dense", 0.0, None)
+    for method in args.methods:
+        if method == "blockpruner":
+            blockpruner_snapshots(lm, calib, sorted(args.ratios), args, record)
+            continue
+        for ratio in args.ratios:
+            st = static(StaticMethod(method), ratio, args.mlp_step, dist)
+            record(method, ratio, compute_plan(st, lm.model, lm.shape, calib,
+                                               MethodOptions(progress=log_step)))
+    print_table(report["rows"])
+
+
+def blockpruner_snapshots(lm: Any, calib: torch.Tensor, ratios: list[float],
+                          args: argparse.Namespace, record: Any) -> None:
+    """One BlockPruner run to max(ratios); the plan is recorded as each ratio is crossed."""
+    resume = Path(args.out).with_suffix(".bp-resume.json")
+    resume.unlink(missing_ok=True)
+    pending = list(ratios)
+    started = time.perf_counter()
+
+    def on_step(_step: int) -> None:
+        state = json.loads(resume.read_text())
+        plan = Plan.from_json(state["plan"])
+        done = budget.removed_params(lm.shape, plan) / budget.dense_params(lm.shape)
+        while pending and done >= pending[0] - 1e-9:
+            from prunec.passes.methods.types import SearchStats, StepScore
+
+            traj = tuple(StepScore(**t) for t in state["trajectory"])
+            stats = SearchStats(state["layer_forwards"], state["evaluations"],
+                                time.perf_counter() - started, None, traj, "fast")
+            record("blockpruner", pending.pop(0), MethodResult(plan, stats))
+
+    st = static(StaticMethod.BLOCKPRUNER, max(ratios), args.mlp_step)
+    compute_plan(st, lm.model, lm.shape, calib,
+                 MethodOptions(resume_path=str(resume), on_step=on_step, progress=log_step))
+
+
+def log_step(event: Any) -> None:
+    if event.done == event.total:
+        print(f"{time.strftime('%H:%M:%S')} {event.task}: best {event.score:.3f} "
+              f"({event.total} candidates)", flush=True)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    print(f"{'method':<12}" + "".join(f"{f'{r:.0%}':>12}" for r in ratios))
+    for m in methods:
+        cells = {r["ratio"]: r["heldout_ppl"] for r in rows if r["method"] == m}
+        print(f"{m:<12}" + "".join(f"{cells[r]:>12.2f}" if r in cells else f"{'-':>12}"
+                                   for r in ratios) + (f"  (dense {cells[0.0]:.2f})"
+                                                       if 0.0 in cells else ""))
+
+
+if __name__ == "__main__":
+    main()
