@@ -10,6 +10,7 @@ listed in ``DEFAULTS`` (the formatter, ``explain`` and the docs read them from h
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,6 +38,7 @@ from prunec.compiler.ir import (
 )
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 Entries = tuple["sx.Attr | sx.Group", ...]
 
 DEFAULTS: dict[str, object] = {
@@ -102,6 +104,7 @@ def fields(entries: Entries, where: str, keys: tuple[str, ...], groups: tuple[st
 
 def _unknown_key(e: sx.Attr | sx.Group, key: str, where: str, keys: tuple[str, ...],
                  groups: tuple[str, ...], sink: list[Diagnostic]) -> None:
+    hint: str | None
     if isinstance(e, sx.Attr) and key in groups:
         hint = f"'{key}' is a group: write {key} {{ ... }}"
     elif isinstance(e, sx.Group) and key in keys:
@@ -173,9 +176,9 @@ def prune_block(method: StaticMethod, f: Fields, sink: list[Diagnostic]) -> Stat
 _EMPTY = sx.ListV((), Span("", 0, 0, 0, 0))
 
 
-def _enum(kind: type[T]) -> Callable[[sx.Value, str, list[Diagnostic]], T | None]:
-    def convert(v: sx.Value, key: str, sink: list[Diagnostic]) -> T | None:
-        return sx.word(v, key, kind, sink)  # type: ignore[type-var, return-value]
+def _enum(kind: type[E]) -> Callable[[sx.Value, str, list[Diagnostic]], E | None]:
+    def convert(v: sx.Value, key: str, sink: list[Diagnostic]) -> E | None:
+        return sx.word(v, key, kind, sink)
 
     return convert
 
@@ -253,15 +256,15 @@ def probe_block(f: Fields, sink: list[Diagnostic]) -> ProbePolicy | None:
     return None if ratio is None else policy
 
 
-def _words(v: sx.Value | None, key: str, kind: type[T], sink: list[Diagnostic]
-           ) -> tuple[T, ...] | None:
+def _words(v: sx.Value | None, key: str, kind: type[E], sink: list[Diagnostic]
+           ) -> tuple[E, ...] | None:
     if v is None:
         return None
-    out = [sx.word(i, key, kind, sink) for i in sx.items(v)]  # type: ignore[type-var]
+    out = [sx.word(i, key, kind, sink) for i in sx.items(v)]
     if not out:
         sink.append(Diagnostic.error("P0215", f"'{key}' is an empty list", v.span))
     _duplicates([i for i in sx.items(v) if isinstance(i, sx.Word)], key, sink)
-    return tuple(o for o in out if o is not None)  # type: ignore[misc]
+    return tuple(o for o in out if o is not None)
 
 
 def _duplicates(words: list[sx.Word], key: str, sink: list[Diagnostic]) -> None:

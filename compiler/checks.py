@@ -237,9 +237,9 @@ def check_steps(ctx: Context) -> Iterator[Diagnostic]:
 
 def check_protect_all(ctx: Context) -> Iterator[Diagnostic]:
     s, shape = ctx.spec.static, ctx.shape
-    if s is not None and shape is not None and s.protect:
-        if len(resolved(s.protect, shape.n_layers)) >= shape.n_layers:
-            yield _err("P0219", "every layer is protected: nothing can be pruned", s.span)
+    if s is not None and shape is not None and s.protect and len(
+            resolved(s.protect, shape.n_layers)) >= shape.n_layers:
+        yield _err("P0219", "every layer is protected: nothing can be pruned", s.span)
 
 
 # -------------------------------------------------------------------- manual plan

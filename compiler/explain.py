@@ -13,13 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from prunec.compiler import files
 from prunec.compiler.checks import resolved
 from prunec.compiler.ir import (
+    BlockKind,
     KeepChannels,
     KeepHeads,
     ManualPlan,
@@ -33,6 +30,9 @@ from prunec.compiler.ir import (
     StaticPrune,
 )
 from prunec.compiler.plan import LayerPlan, Plan, param_count
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class Explanation:
 
 def explain(spec: Spec, shape: ModelShape, spec_dir: Path) -> Explanation:
     rows = _model_rows(spec, shape) + _dataset_rows(spec, spec_dir)
-    steps = [f"Load {_model_words(spec)} ({shape.n_layers} layers, "
-             f"{_count(param_count(shape, Plan.dense(shape)))} parameters)."]
+    dense = _count(param_count(shape, Plan.dense(shape)))
+    steps = [f"Load {_model_words(spec)} ({shape.n_layers} layers, {dense} parameters)."]
     if spec.static:
         rows += _static_rows(spec.static, shape)
         steps.append(_static_words(spec.static, shape))
@@ -112,7 +112,7 @@ def _dataset_rows(spec: Spec, spec_dir: Path) -> list[Row]:
 
 def mlp_step(shape: ModelShape) -> int:
     """The default MLP step: intermediate_size / 8 rounded to a multiple of 64 (>= 64)."""
-    return max(64, round(shape.intermediate / 8 / 64) * 64)
+    return max(64, (shape.intermediate // 8 + 32) // 64 * 64)
 
 
 def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
@@ -170,7 +170,9 @@ def estimate_manual_plan(manual: ManualPlan, shape: ModelShape) -> Plan:
 
 def _apply(lp: LayerPlan, a: object, shape: ModelShape) -> LayerPlan:
     if isinstance(a, RemoveBlock):
-        return replace(lp, **{f"{a.block.value}_removed": True})
+        if a.block is BlockKind.ATTN:
+            return replace(lp, attn_removed=True, kept_heads=None)
+        return replace(lp, mlp_removed=True, kept_channels=None)
     if isinstance(a, KeepChannels):
         return replace(lp, kept_channels=a.indices or tuple(range(a.count or 0)))
     if isinstance(a, KeepHeads):

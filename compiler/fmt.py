@@ -13,11 +13,10 @@ code at that line's indentation. Invariants (tested over every spec and fixture)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from lark import Token, Tree
-
 from prunec.grammar.parser import Comment, comments, parse
 
 INDENT = "  "
@@ -187,18 +186,18 @@ def _value(v: Tree[Token] | Token | None) -> str:
     data, kids = str(v.data), v.children
     if data in ("string", "number", "ident"):
         return str(kids[0])
-    if data == "list":
+    if data == "array":
         return "[" + ", ".join(_value(k) for k in kids) + "]"
-    if data == "range":
+    if data == "interval":
         return f"{_value(kids[0])} .. {_value(kids[1])}"
     if data == "ratio":
         return ":".join(_value(k) for k in kids)
-    if data == "int":
+    if data == "signed":
         return ("-" if kids[0] is not None else "") + str(kids[1])
     return _selector(data, kids)
 
 
-def _selector(data: str, kids: list[Tree[Token] | Token | None]) -> str:
+def _selector(data: str, kids: Sequence[Tree[Token] | Token | None]) -> str:
     if data == "sel_all":
         return "layers[*]"
     if data == "sel_index":

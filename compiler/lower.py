@@ -17,7 +17,6 @@ from typing import Any
 
 from lark import Token, Transformer, Tree, v_args
 from lark.tree import Meta
-
 from prunec.compiler import blocks as bl
 from prunec.compiler import syntax as sx
 from prunec.compiler.diagnostics import Diagnostic, Span
@@ -25,6 +24,7 @@ from prunec.compiler.ir import (
     BlockKind,
     DataFormat,
     DatasetDecl,
+    DType,
     Export,
     Gate,
     HfExport,
@@ -84,16 +84,16 @@ class Lower(Transformer[Token, Any]):
     def ident(self, meta: Meta, c: list[Token]) -> sx.Word:
         return sx.Word(str(c[0]), self.span(meta))
 
-    def list(self, meta: Meta, c: list[sx.Scalar]) -> sx.ListV:
+    def array(self, meta: Meta, c: list[sx.Scalar]) -> sx.ListV:
         return sx.ListV(tuple(c), self.span(meta))
 
-    def range(self, meta: Meta, c: list[sx.Num]) -> sx.RangeV:
+    def interval(self, meta: Meta, c: list[sx.Num]) -> sx.RangeV:
         return sx.RangeV(c[0], c[1], self.span(meta))
 
     def ratio(self, meta: Meta, c: list[sx.Num]) -> sx.RatioV:
         return sx.RatioV(tuple(c), self.span(meta))
 
-    def int(self, meta: Meta, c: list[Token | None]) -> int | None:
+    def signed(self, meta: Meta, c: list[Token | None]) -> int | None:
         tok = c[1]
         assert tok is not None
         got = sx.integer(sx.quantity(str(tok), self.span(meta)), "layer index", self.sink)
@@ -131,8 +131,8 @@ class Lower(Transformer[Token, Any]):
         kind, loc_tok, body = c
         source = sx.word(self.word(kind), "model kind", ModelSource, self.sink)
         f = self._fields(body, meta, "the model block", ("dtype", "revision"))
-        dtype = f.get("dtype", lambda v, k, s: sx.word(v, k, bl.DType, s, bl.DTYPE_ALIASES),
-                      bl.DType.FLOAT32, self.sink)
+        dtype = f.get("dtype", lambda v, k, s: sx.word(v, k, DType, s, bl.DTYPE_ALIASES),
+                      DType.FLOAT32, self.sink)
         revision = f.get("revision", sx.string, None, self.sink)
         location = None if loc_tok is None else sx.unescape(str(loc_tok), self.tspan(loc_tok),
                                                             self.sink)
@@ -235,7 +235,7 @@ class Lower(Transformer[Token, Any]):
         return kind(sel, n, idx, self.span(meta))
 
     # -------------------------------------------------------------------- gates
-    def gates(self, meta: Meta, c: list[Gate | None]) -> "GateBlock":
+    def gates(self, meta: Meta, c: list[Gate | None]) -> GateBlock:
         return GateBlock(tuple(g for g in c if g is not None), self.span(meta))
 
     def bound(self, meta: Meta, c: list[Token | None]) -> tuple[sx.Num, bool]:
@@ -257,6 +257,7 @@ class Lower(Transformer[Token, Any]):
                               self.span(meta))
 
     def _bound(self, num: sx.Num, dense: bool) -> float | None:
+        got: float | None
         if dense:
             got = sx.multiplier(num, "perplexity", self.sink)
         elif num.unit == "x":
@@ -288,7 +289,7 @@ class Lower(Transformer[Token, Any]):
     def _error(self, code: str, msg: str, span: Span, hint: str | None = None) -> None:
         self.sink.append(Diagnostic.error(code, msg, span, hint))
 
-    def _collect(self, parts: "_Parts", item: Any) -> None:
+    def _collect(self, parts: _Parts, item: Any) -> None:
         span: Span = item.span
         kind = _kind_of(item)
         if kind in ONCE and kind in parts.seen:
@@ -299,12 +300,12 @@ class Lower(Transformer[Token, Any]):
             parts.seen.setdefault(kind, span)
         parts.add(item, self)
 
-    def _spec(self, p: "_Parts", meta: Meta) -> Spec:
+    def _spec(self, p: _Parts, meta: Meta) -> Spec:
         model = p.model
         if model is None:
             self._error("P0110", "the spec declares no model", Span.unknown(self.file),
                         "add `model demo` (SmolLM2-135M-Instruct) or model hf \"<dir>\"")
-            model = ModelDecl(ModelSource.DEMO, None, bl.DType.FLOAT32, Span.unknown(self.file))
+            model = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span.unknown(self.file))
         exports = tuple(self._default_gating(e, p.probe is not None) for e in p.exports)
         return Spec(
             name=p.name or Path(self.file).stem,

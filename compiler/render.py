@@ -19,10 +19,9 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from prunec.compiler.diagnostics import Diagnostic, Severity
 from rich.console import Console
 from rich.markup import escape
-
-from prunec.compiler.diagnostics import Diagnostic, Severity
 
 WINDOW = 100
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.NOTE: "cyan"}
@@ -68,7 +67,7 @@ def _excerpt(d: Diagnostic, line: str) -> list[str]:
             f"{' ' * (3 + len(no))} | {' ' * len(prefix)}{pad}{'^' * width}"]
 
 
-def _styled(d: Diagnostic, lines: "_SourceLines") -> str:
+def _styled(d: Diagnostic, lines: _SourceLines) -> str:
     text = render_text(d, lines.get(d.span.file, d.span.line)).split("\n")
     sev = d.severity.value
     head = escape(text[0]).replace(

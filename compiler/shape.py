@@ -133,7 +133,7 @@ def from_gguf(path: Path) -> ModelShape:
                 if not k.startswith("tokenizer.")}
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         tied = not any(t.name == "output.weight" for t in reader.tensors)
-    except Exception as exc:  # gguf raises ValueError, OSError, struct errors, ...
+    except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, OSError, struct errors...
         raise ShapeProblem("P0303", f"cannot read GGUF metadata of {path}: {exc}") from None
     n_tokens = len(tokens.data) if tokens is not None else None
     return shape_from_gguf_meta(meta, n_tokens, tied, str(path))

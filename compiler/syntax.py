@@ -15,7 +15,7 @@ import difflib
 import enum
 import re
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import TypeAlias, TypeVar
 
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import LayerSelector
@@ -56,7 +56,7 @@ class RatioV:
     span: Span
 
 
-Scalar = Union[Str, Num, Word, RangeV, RatioV, LayerSelector]
+Scalar: TypeAlias = Str | Num | Word | RangeV | RatioV | LayerSelector
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ListV:
     span: Span
 
 
-Value = Union[Scalar, ListV]
+Value: TypeAlias = Scalar | ListV
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,8 @@ def string(v: Value, key: str, sink: list[Diagnostic]) -> str | None:
 def fraction(v: Value, key: str, sink: list[Diagnostic]) -> float | None:
     """A fraction in [0, 1], written as a percentage (20%) or a plain number (0.2)."""
     if not isinstance(v, Num) or v.unit not in ("", "%"):
-        return _bad_unit_or_type(v, key, "a percentage such as 20% (or a fraction 0.2)", sink)
+        _bad_unit_or_type(v, key, "a percentage such as 20% (or a fraction 0.2)", sink)
+        return None
     value = v.value / 100 if v.unit == "%" else v.value
     if not 0.0 <= value <= 1.0:
         hint = f"did you mean {v.raw}%?" if v.unit == "" and v.value <= 100 else None
@@ -168,7 +169,8 @@ def fraction(v: Value, key: str, sink: list[Diagnostic]) -> float | None:
 
 def integer(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
     if not isinstance(v, Num) or v.unit != "":
-        return _bad_unit_or_type(v, key, "a whole number", sink)
+        _bad_unit_or_type(v, key, "a whole number", sink)
+        return None
     if v.value != int(v.value) or "." in v.raw or "e" in v.raw.lower():
         sink.append(Diagnostic.error("P0109", f"'{key}' must be a whole number, got {v.raw}",
                                      v.span))
@@ -179,19 +181,22 @@ def integer(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
 def count(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
     """A count with an optional unit: 110M, 1.2B, 500K, 135000000."""
     if not isinstance(v, Num) or (v.unit and v.unit not in COUNT_UNITS):
-        return _bad_unit_or_type(v, key, "a count such as 110M or 1.2B", sink)
+        _bad_unit_or_type(v, key, "a count such as 110M or 1.2B", sink)
+        return None
     return round(v.value * COUNT_UNITS.get(v.unit, 1))
 
 
 def number(v: Value, key: str, sink: list[Diagnostic]) -> float | None:
     if not isinstance(v, Num) or v.unit != "":
-        return _bad_unit_or_type(v, key, "a plain number", sink)
+        _bad_unit_or_type(v, key, "a plain number", sink)
+        return None
     return v.value
 
 
 def multiplier(v: Num, key: str, sink: list[Diagnostic]) -> float | None:
     if v.unit != "x":
-        return _bad_unit_or_type(v, key, "a multiple such as 1.5x", sink)
+        _bad_unit_or_type(v, key, "a multiple such as 1.5x", sink)
+        return None
     return v.value
 
 
@@ -202,13 +207,13 @@ def _bad_unit_or_type(v: Value, key: str, expected: str, sink: list[Diagnostic])
             "units are % (percent), x (times dense) and K, M, B (counts)"))
     else:
         wrong_type(v, key, expected, sink)
-    return None
 
 
 def word(v: Value, key: str, kind: type[E], sink: list[Diagnostic],
          aliases: dict[str, E] | None = None) -> E | None:
     """An enum member named by a bare word (its ``value``), with 'did you mean'."""
-    choices = {m.value: m for m in kind} | (aliases or {})
+    choices: dict[str, E] = {str(m.value): m for m in kind}
+    choices.update(aliases or {})
     if not isinstance(v, Word):
         wrong_type(v, key, "one of " + ", ".join(choices), sink)
         return None

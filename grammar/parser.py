@@ -124,8 +124,8 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
          "gates params", "prune }", "prune \"x\"",),
     ),
     "P0012": (
-        "expected a top-level item: model, dataset, prune, plan, probe, gates, export or "
-        "`key = value`",
+        ("expected a top-level item: model, dataset, prune, plan, probe, gates, export or "
+         "`key = value`"),
         None,
         ("}", "3", "\"x\"", "[", "= 3", "model demo }", "name = 3 }", "model demo name = 3 }", ",", ".", "(", "model demo { } }"),
     ),
@@ -149,8 +149,8 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     ),
     "P0015": (
         "malformed plan action",
-        "actions are `remove layers[i].mlp|attn`, `keep N channels|heads in layers[i]` or "
-        "`keep channels|heads [0, 1] in layers[i]`",
+        ("actions are `remove layers[i].mlp|attn`, `keep N channels|heads in layers[i]` or "
+         "`keep channels|heads [0, 1] in layers[i]`"),
         ("plan { remove }", "plan { remove layers }", "plan { remove layers[1] }",
          "plan { remove layers[1]. }", "plan { keep }", "plan { keep 3 }",
          "plan { keep 3 heads }", "plan { keep 3 heads in }", "plan { keep heads }",
@@ -185,7 +185,7 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 def _problem(exc: UnexpectedInput, text: str) -> SyntaxProblem:
     line, col = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedCharacters):
-        return _bad_character(text, exc.pos_in_stream, line, col)
+        return _bad_character(text, exc.pos_in_stream or 0, line, col)
     if isinstance(exc, UnexpectedEOF) or _is_eof(exc):
         return SyntaxProblem(
             "P0005", "unexpected end of file", line, col, col + 1,

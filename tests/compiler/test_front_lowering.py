@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from frontkit import HUB_CACHE, SPECS, VALID, dump_ir
-
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.driver import check_source, load_spec
 from prunec.compiler.ir import (

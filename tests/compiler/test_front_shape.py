@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from frontkit import FIXTURES, HUB_CACHE
-
 from prunec.compiler.driver import check_source
 from prunec.compiler.ir import SMOLLM2_135M, ModelShape
 from prunec.compiler.shape import (
@@ -85,7 +84,7 @@ def _write_tiny_gguf(path: Path, tied: bool) -> None:
 def test_gguf_file_and_spec(tmp_path: Path) -> None:
     _write_tiny_gguf(tmp_path / "tiny.gguf", tied=False)
     assert from_gguf(tmp_path / "tiny.gguf") == TINY
-    spec, diags = check_source('model gguf "tiny.gguf"\nplan { keep 3 heads in layers[0] }\n',
+    _, diags = check_source('model gguf "tiny.gguf"\nplan { keep 3 heads in layers[0] }\n',
                                str(tmp_path / "s.prune"))
     assert [d.code for d in diags] == ["P0206"]  # 4 heads over 2 KV heads: 3 is unbalanced
 
