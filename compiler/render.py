@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prunec.compiler.diagnostics import Diagnostic, Severity
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 WINDOW = 100
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.NOTE: "cyan"}
@@ -67,14 +67,16 @@ def _excerpt(d: Diagnostic, line: str) -> list[str]:
             f"{' ' * (3 + len(no))} | {' ' * len(prefix)}{pad}{'^' * width}"]
 
 
-def _styled(d: Diagnostic, lines: _SourceLines) -> str:
+def _styled(d: Diagnostic, lines: _SourceLines) -> Text:
+    """The text block with colours: severity and code coloured, caret line bold."""
     text = render_text(d, lines.get(d.span.file, d.span.line)).split("\n")
-    sev = d.severity.value
-    head = escape(text[0]).replace(
-        f"{sev}\\[{d.code}]", f"[{_STYLE[d.severity]}]{sev}\\[{d.code}][/]", 1)
-    rest = [escape(t) if "|" not in t or "^" not in t else f"[bold]{escape(t)}[/]"
-            for t in text[1:]]
-    return "\n".join([f"[bold]{head}[/]"] + rest)
+    label = f"{d.severity.value}[{d.code}]"
+    before, _, after = text[0].partition(label)
+    out = Text.assemble((before, "bold"), (label, _STYLE[d.severity]), (after, "bold"))
+    for line in text[1:]:
+        out.append("\n")
+        out.append(line, style="bold red" if line.rstrip().endswith("^") else "")
+    return out
 
 
 class _SourceLines:
