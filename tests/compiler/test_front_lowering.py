@@ -110,3 +110,16 @@ def test_several_errors_in_one_run() -> None:
     _, diags = check_source("model demo\nprobe { ratio = 140%  mode = fast  round = x }\n"
                             "gates { params <= 3Q }\n", "x.prune")
     assert [d.code for d in diags] == ["P0202", "P0104", "P0103", "P0105"]
+
+
+def test_examples_in_the_language_doc_check_clean() -> None:
+    import re
+
+    from frontkit import ROOT
+
+    doc = (ROOT / "docs" / "language.md").read_text()
+    blocks = re.findall(r"```prune\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    for text in (blocks[0], "model demo\n" + blocks[1]):
+        spec, diags = check_source(text, str(ROOT / "specs" / "doc.prune"))
+        assert spec is not None, [d.headline() for d in diags]
