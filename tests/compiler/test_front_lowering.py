@@ -118,7 +118,7 @@ def test_examples_in_the_language_doc_check_clean() -> None:
     from frontkit import ROOT
 
     doc = (ROOT / "docs" / "language.md").read_text()
-    blocks = re.findall(r"```prune\n(.*?)```", doc, re.S)
+    blocks = re.findall(r"```prune\n(.*?)```", doc, re.DOTALL)
     assert len(blocks) == 2
     for text in (blocks[0], "model demo\n" + blocks[1]):
         spec, diags = check_source(text, str(ROOT / "specs" / "doc.prune"))
