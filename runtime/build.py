@@ -100,13 +100,26 @@ def graph_compile(job: CompileJob) -> dict[str, Any]:
 
     graph, pass_report = prune_graph(job.model, job.plan, job.shape, job.span)
     info = export_onnx(graph, job.path, opset=job.opset)
-    return {"passes": _jsonable(pass_report), "export": _jsonable(info)}
+    export = {k: v for k, v in _jsonable(info).items() if k != "path"}
+    return {"passes": _jsonable(pass_report), "export": export}
 
 
 def _jsonable(obj: Any) -> Any:
+    """JSON data of a pass report / export info (``to_json()`` if it has one; modules and
+    other non-data values become their type name, never their full repr)."""
+    if hasattr(obj, "to_json"):
+        return json.loads(json.dumps(obj.to_json(), default=str))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return json.loads(json.dumps(obj, default=str))
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    return type(obj).__name__
 
 
 # ---------------------------------------------------------------- small helpers

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ def materialise_gguf(gguf: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target)
     tmp = temp_dir_for(target)
+    print(f"prunec: converting {gguf.name} once into {target} (about 30 s)", file=sys.stderr)
     try:
         _convert_gguf(gguf, tmp)
         _swap_in(tmp, target, gguf)
@@ -268,8 +270,9 @@ def resolve_directory(decl: ModelDecl, spec_dir: Path) -> tuple[Path, str]:
 def _gguf_directory(gguf: Path, decl: ModelDecl) -> tuple[Path, str]:
     try:
         directory = materialise_gguf(gguf)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _fail("P0301", f"cannot convert GGUF file {gguf}: {exc}", decl.span) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to read a user's GGUF is theirs
+        raise _fail("P0301", f"cannot convert GGUF file {gguf}: {type(exc).__name__}: {exc}",
+                    decl.span) from exc
     marker = json.loads((directory / MARKER).read_text())
     return directory, "sha256:" + str(marker["gguf_sha256"])
 
