@@ -208,6 +208,7 @@ def find_repeat_kv(gm: GraphModule, layer: int) -> tuple[RepeatKV, ...]:
 
 
 def _node(gm: GraphModule, name: str) -> Node:
+    node: Node
     for node in gm.graph.nodes:
         if node.name == name:
             return node

@@ -53,6 +53,9 @@ class LogitsOnly(nn.Module):
         return logits
 
 
+DEFAULT_CAPTURE = CaptureConfig()
+
+
 def dynamic_shapes(config: CaptureConfig) -> dict[str, dict[int, Dim]]:
     batch = Dim("batch", min=1, max=config.max_batch)
     seq = Dim("seq", min=2, max=config.max_seq)
@@ -63,7 +66,7 @@ def example_input(config: CaptureConfig) -> torch.Tensor:
     return torch.zeros((config.example_batch, config.example_seq), dtype=torch.int64)
 
 
-def export_logits(module: nn.Module, config: CaptureConfig = CaptureConfig()) -> ExportedProgram:
+def export_logits(module: nn.Module, config: CaptureConfig = DEFAULT_CAPTURE) -> ExportedProgram:
     """``torch.export`` a module taking ``input_ids`` (dynamic batch and seq)."""
     with torch.no_grad():
         return torch.export.export(
@@ -71,7 +74,7 @@ def export_logits(module: nn.Module, config: CaptureConfig = CaptureConfig()) ->
         )
 
 
-def capture(model: nn.Module, config: CaptureConfig = CaptureConfig()) -> GraphModule:
+def capture(model: nn.Module, config: CaptureConfig = DEFAULT_CAPTURE) -> GraphModule:
     """The unlifted FX GraphModule of ``model``'s ``input_ids -> logits`` forward."""
     if model.training:
         raise ValueError("capture needs a model in eval mode (dropout would be traced)")
@@ -80,6 +83,6 @@ def capture(model: nn.Module, config: CaptureConfig = CaptureConfig()) -> GraphM
     return gm
 
 
-def reexport(gm: GraphModule, config: CaptureConfig = CaptureConfig()) -> ExportedProgram:
+def reexport(gm: GraphModule, config: CaptureConfig = DEFAULT_CAPTURE) -> ExportedProgram:
     """Export a (pruned) captured GraphModule again: fresh shapes, same dynamic dims."""
     return export_logits(gm, config)

@@ -22,7 +22,7 @@ from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import Plan
 from prunec.passes.analysis import analyze
-from prunec.passes.capture import CaptureConfig, capture, reexport
+from prunec.passes.capture import DEFAULT_CAPTURE, CaptureConfig, capture, reexport
 from prunec.passes.dead_code import DROP_UNUSED_WEIGHTS, ELIMINATE_DEAD_CODE
 from prunec.passes.fix_shapes import FIX_HEAD_SHAPES
 from prunec.passes.infra import GraphPass, PassContext, PassManager, PassReport
@@ -54,11 +54,12 @@ def run_pipeline(gm: GraphModule, plan: Plan, shape: ModelShape, span: Span | No
     """Analyse a captured GraphModule and run ``PIPELINE`` on it (in place)."""
     check_plan(plan, shape, span)
     ctx = PassContext(plan, shape, analyze(gm, shape, span))
-    return PassManager(PIPELINE).run(gm, ctx)
+    pruned, report = PassManager(PIPELINE).run(gm, ctx)
+    return pruned, report
 
 
 def prune_graph(model: nn.Module, plan: Plan, shape: ModelShape, span: Span | None = None,
-                config: CaptureConfig = CaptureConfig()) -> tuple[ExportedProgram, PassReport]:
+                config: CaptureConfig = DEFAULT_CAPTURE) -> tuple[ExportedProgram, PassReport]:
     """Capture ``model``, apply ``plan`` as graph passes, and re-export the result.
 
     ``span`` (the spec's model line) locates diagnostics for an incompatible model.

@@ -33,7 +33,7 @@ from onnx_ir.passes import common
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
-from prunec.passes.capture import CaptureConfig, example_input, reexport
+from prunec.passes.capture import DEFAULT_CAPTURE, example_input, reexport
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under 2 GiB for the graph itself
 
@@ -68,7 +68,7 @@ def _weight_bytes(ep: ExportedProgram) -> int:
 def to_onnx_program(ep: ExportedProgram, config: ExportConfig) -> torch.onnx.ONNXProgram:
     """Translate with the dynamo exporter; clean up with onnx-ir passes if asked."""
     program = torch.onnx.export(
-        ep, (example_input(CaptureConfig()),), dynamo=True, opset_version=config.opset,
+        ep, (example_input(DEFAULT_CAPTURE),), dynamo=True, opset_version=config.opset,
         input_names=["input_ids"], output_names=["logits"], optimize=False, verbose=False,
     )
     assert program is not None

@@ -35,7 +35,7 @@ def every_rule_plan(shape: ModelShape) -> Plan:
         LayerPlan(0, attn_removed=True, kept_channels=tuple(range(1, shape.intermediate, 3))),
         LayerPlan(1, mlp_removed=True, kept_heads=tuple(range(g, 2 * g))),
         LayerPlan(2, kept_heads=tuple(h for h in range(shape.n_heads) if h % g),
-                  kept_channels=tuple(range(0, shape.intermediate // 2))),
+                  kept_channels=tuple(range(shape.intermediate // 2))),
     ))
 
 

@@ -31,7 +31,7 @@ def test_smollm2_random_plan_onnx_matches_reference(tmp_path: Path) -> None:
     decl = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span("demo.prune", 2, 1, 2, 10))
     loaded = load_model(decl, tmp_path)
     plan = random_plan(loaded.shape, seed=2025, p_remove=0.1)
-    program, report = prune_graph(loaded.model, plan, loaded.shape)
+    program, _ = prune_graph(loaded.model, plan, loaded.shape)
     info = export_onnx(program, tmp_path / "smollm2.onnx")
     assert not info.external_data and info.bytes < 2 * 1024**3
     session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
