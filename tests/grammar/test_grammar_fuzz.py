@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,8 @@ ALPHABET = st.sampled_from(list('{}[]()=,.:-%"#/\\<>*\n \t') + ["model", "demo",
                            "layers", "ratio", "40%", "1.5x", "dense", "keep", "remove", "0",
                            "3", "heads", "prune", "plan", "gates", "params", "in", "..",
                            "\u00e9", "\x00", "\ufeff"])
-FUZZ = settings(max_examples=150, deadline=None,
+# PRUNEC_FUZZ_EXAMPLES=5000 for a longer hunt; the default keeps the suite fast.
+FUZZ = settings(max_examples=int(os.environ.get("PRUNEC_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -45,3 +47,23 @@ def test_mutated_specs_never_crash_the_front_end(base: str, at: int, cut: int,
     spec, diags = check_source(text, str(ROOT / "specs" / "mutant.prune"))
     assert (spec is None) == any(d.is_error for d in diags)
     assert all(d.span.line >= 1 and d.span.col >= 1 for d in diags)
+
+
+@FUZZ
+@given(st.sampled_from(SPEC_TEXTS), st.integers(0, 10_000), st.integers(0, 6),
+       st.sampled_from(["", "\n", "\n\n", " # c\n", "// d\n", ",", " ", "\n# e\n\n"]))
+def test_fmt_is_stable_on_mutated_specs(base: str, at: int, cut: int, insert: str) -> None:
+    from prunec.compiler.fmt import format_source
+    from prunec.compiler.ir import strip_spans
+    from prunec.compiler.lower import Lower
+
+    at %= len(base) + 1
+    text = base[:at] + insert + base[at + cut:]
+    try:
+        tree = parse(text)
+    except SyntaxProblem:
+        return
+    once = format_source(text)
+    assert format_source(once) == once
+    assert strip_spans(Lower("x").transform(parse(once))) == strip_spans(
+        Lower("x").transform(tree))
