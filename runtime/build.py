@@ -12,6 +12,7 @@ Artifact directory (see ``prunec.runtime.artifact`` for the atomic protocol)::
     DIR/model.onnx (+ model.onnx.data)   the pruned model: input_ids int64 [batch, seq] -> logits
     DIR/tokenizer.json, tokenizer_config.json, ...   tokenizer.save_pretrained
     DIR/plan.json                          Plan.to_json()
+    DIR/plan.lock.json                     (static methods) the lock: rebuild with --lock, no search
     DIR/report.json                        BuildReport.to_json(), written last
 
 Output directory: ``-o DIR``, else the spec's ``output`` relative to the spec's directory,
@@ -62,6 +63,7 @@ CompileFn = Callable[[CompileJob], dict[str, Any]]
 class BuildOptions:
     output: Path | None = None  # -o DIR
     quiet: bool = False
+    lock: Path | None = None  # --lock plan.lock.json: apply a locked plan, no search
     batch_size: int = 4  # sequences per forward pass when evaluating
 
 
@@ -164,6 +166,13 @@ def _module_exists(name: str) -> bool:
         return False
 
 
+def bias_notes(method: Any) -> tuple[str, ...]:
+    if method is None or not method.biases:
+        return ()
+    return (f"the method computed output-bias compensation for {len(method.biases)} layers; "
+            "the graph compiler does not apply it yet (the ONNX model has no such biases)",)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.prunec-tmp-{os.getpid()}")
@@ -174,41 +183,69 @@ def write_json(path: Path, data: Any) -> None:
 # ----------------------------------------------------------------------- stages
 
 
-def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], progress: Any) -> Plan:
-    """Manual plan, else static method, else dense (see the module docstring)."""
+def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], ctx: "BuildContext") -> Any:
+    """The plan (and the method's result, if a method ran); see the module docstring."""
     if spec.plan is not None:
         from prunec.compiler.manual import resolve_manual_plan
         from prunec.runtime.importance import magnitude_importance
 
         return resolve_manual_plan(spec.plan, loaded.shape,
-                                   magnitude_importance(loaded.model, loaded.shape))
+                                   magnitude_importance(loaded.model, loaded.shape)), None
     if spec.static is None:
-        return Plan.dense(loaded.shape)
-    compute = _method_entry(spec)
-    plan = compute(spec, loaded.model, loaded.shape, data, progress)
-    problems = plan.validate(loaded.shape)
+        return Plan.dense(loaded.shape), None
+    result = run_method(spec, loaded, data, ctx)
+    problems = result.plan.validate(loaded.shape)
     if problems:
         raise RuntimeError(f"method {spec.static.method.value} produced an invalid plan: "
                            + "; ".join(problems))
-    return plan  # type: ignore[no-any-return]
+    return result.plan, result
 
 
-def _method_entry(spec: Spec) -> Any:
+def run_method(spec: Spec, loaded: Any, data: dict[str, Any], ctx: "BuildContext") -> Any:
+    """Run ``prunec.passes.methods.compute_plan`` (or apply ``--lock``)."""
     import importlib
 
     assert spec.static is not None
-    name = spec.static.method.value
     try:
         methods = importlib.import_module("prunec.passes.methods")
+        lock_mod = importlib.import_module("prunec.passes.methods.lock")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("prunec.passes.methods",):
+        if not (exc.name or "").startswith("prunec.passes.methods"):
             raise
-        methods = None
-    compute = getattr(methods, "compute_plan", None)
-    if compute is None:
+        methods = lock_mod = None
+    if methods is None or not hasattr(methods, "compute_plan"):
         raise CompileError((Diagnostic.error(
-            "P0409", f"static method {name} is not implemented yet", spec.static.span),))
-    return compute
+            "P0409", f"static method {spec.static.method.value} is not implemented yet",
+            spec.static.span),))
+    lock = (lock_mod.read_lock(ctx.options.lock, spec.static.span)
+            if ctx.options.lock is not None else None)
+    calib = data.get(spec.static.score_dataset) if spec.static.score_dataset else None
+    options = methods.MethodOptions(progress=method_progress(ctx.progress), lock=lock,
+                                    spec_hash=lock_mod.spec_hash(spec),
+                                    batch_size=ctx.options.batch_size)
+    return methods.compute_plan(spec.static, loaded.model, loaded.shape, calib, options)
+
+
+def method_progress(progress: Any) -> Any:
+    """A ``MethodOptions.progress`` callback drawing each task on our rich Progress."""
+    tasks: dict[str, Any] = {}
+
+    def update(event: Any) -> None:
+        if event.task not in tasks:
+            tasks[event.task] = progress.add_task(event.task, total=event.total)
+        label = event.task if event.score is None else f"{event.task} (ppl {event.score:.3f})"
+        progress.update(tasks[event.task], completed=event.done, total=event.total,
+                        description=label)
+
+    return update
+
+
+def method_json(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    stats = _jsonable(result.stats)
+    return {"from_lock": bool(result.from_lock), "stats": stats,
+            "biased_layers": sorted(int(k) for k in result.biases)}
 
 
 def needed_datasets(spec: Spec) -> tuple[str, ...]:
@@ -294,16 +331,22 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
     with t.stage("load_data"):
         data = load_data(spec, ctx.spec_dir, loaded.tokenizer)
     with t.stage("plan"):
-        plan = make_plan(spec, loaded, data, ctx.progress)
+        plan, method = make_plan(spec, loaded, data, ctx)
     with t.stage("evaluate_dense"):
         dense = evaluate_all(spec.eval_datasets(), data, torch_logits(loaded.model), ctx, "dense")
     artifact = ArtifactDir(out)
     with artifact as tmp:
         checkpoint("artifact-open")
         report = _compile_and_check(ctx, loaded, plan, data, dense, tmp)
+        report = dataclasses.replace(report, method_info=method_json(method),
+                                     notes=report.notes + bias_notes(method))
         with t.stage("write"):
             loaded.tokenizer.save_pretrained(str(tmp))
             write_json(tmp / "plan.json", plan.to_json())
+            if method is not None:
+                from prunec.passes.methods.lock import write_lock
+
+                write_lock(tmp / "plan.lock.json", method)
         t.stages["total"] = time.perf_counter() - start
         data_json = dataclasses.replace(report, timings=dict(t.stages)).to_json()
         write_json(tmp / "report.json", data_json)

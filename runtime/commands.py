@@ -1,6 +1,6 @@
 """CLI commands of the runtime: ``build``, ``eval``, ``plan``, ``run``.
 
-  prunec build SPEC [-o DIR] [-q] [--json] [--batch-size N]
+  prunec build SPEC [-o DIR] [-q] [--json] [--lock FILE] [--batch-size N]
       build the artifact (see ``prunec.runtime.build``); exit 0, or 1 when the spec has
       errors or a gate fails (nothing is published then), 130/143 on SIGINT/SIGTERM.
   prunec eval SPEC [--artifact DIR] [--dataset NAME ...]
@@ -9,8 +9,9 @@
   prunec eval ARTIFACT_DIR --data FILE [--data FILE ...] [--format text|jsonl] [--field F]
                             [--samples N] [--seq-len L] [--seed S] [--slice A:B]
       perplexity of an artifact alone on any text, with the artifact's own tokenizer.
-  prunec plan SPEC [--json]
+  prunec plan show SPEC [--json] [--lock FILE]
       the static plan the spec resolves to (manual plan or method), without exporting.
+  prunec plan diff A B   (from ``prunec.runtime.plan_commands``) two plans side by side.
   prunec run ARTIFACT_DIR PROMPT [--max-new-tokens N]
       greedy generation with the artifact on ONNX Runtime (no KV cache: for trying it out).
 All take ``-q/--quiet`` (no progress bars) and ``--batch-size``. This module imports no torch
@@ -56,6 +57,8 @@ def _register_build(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="artifact directory (default: the spec's output, else build/<name>)")
     p.add_argument("--json", action="store_true", help="print report.json instead of tables")
+    p.add_argument("--lock", type=Path, metavar="FILE",
+                   help="apply a plan lock (plan.lock.json of an earlier build): no search")
     _common(p)
     p.set_defaults(handler=cmd_build)
 
@@ -83,11 +86,26 @@ def _register_eval(sub: Any) -> None:
 
 
 def _register_plan(sub: Any) -> None:
-    p = sub.add_parser("plan", help="resolve and show a spec's static plan (no export)")
+    plan = sub.add_parser("plan", help="static plans: show a spec's plan, diff two plans")
+    plan_sub = plan.add_subparsers(dest="plan_command", metavar="SUBCOMMAND")
+    p = plan_sub.add_parser("show", help="resolve and show a spec's static plan (no export)")
     p.add_argument("spec", type=Path)
     p.add_argument("--json", action="store_true", help="print plan.json")
+    p.add_argument("--lock", type=Path, metavar="FILE", help="apply this plan lock")
     _common(p)
     p.set_defaults(handler=cmd_plan)
+    try:
+        from prunec.runtime.plan_commands import add_diff_parser
+    except ModuleNotFoundError:
+        pass
+    else:
+        add_diff_parser(plan_sub)
+    plan.set_defaults(handler=lambda args: _usage(plan))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def _register_run(sub: Any) -> None:
@@ -153,7 +171,7 @@ def _build(args: argparse.Namespace) -> int:
     from prunec.runtime.report import render
 
     spec = load_spec_or_raise(args.spec)
-    options = BuildOptions(args.output, args.quiet, args.batch_size)
+    options = BuildOptions(args.output, args.quiet, args.lock, args.batch_size)
     result = build(spec, args.spec.parent, options)
     if args.json:
         print(json.dumps(result.report, indent=1))
@@ -323,16 +341,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from prunec.runtime.build import load_data, make_plan
+    from prunec.runtime.build import BuildContext, BuildOptions, graph_compile, load_data
+    from prunec.runtime.build import make_plan
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.models import load_model
     from prunec.runtime.report import render_plan
 
     spec = load_spec_or_raise(args.spec)
     loaded = load_model(spec.model, args.spec.parent)
+    options = BuildOptions(None, args.quiet, args.lock, args.batch_size)
     with make_progress(args.quiet) as progress:
         data = load_data(spec, args.spec.parent, loaded.tokenizer)
-        plan = make_plan(spec, loaded, data, progress)
+        ctx = BuildContext(spec, args.spec.parent, options, progress, graph_compile)
+        plan, _ = make_plan(spec, loaded, data, ctx)
     if args.json:
         print(plan.dumps())
     else:

@@ -12,7 +12,8 @@
               seconds} | null, pruned: {...} | null, ratio}},
   gates [{kind, dataset, limit, value, held, line, message}],
   providers {requested, used, notes}, timings_s {stage: seconds}, compile {passes, export}
-  (what the graph passes and the exporter reported), versions {...}, notes [str].
+  (what the graph passes and the exporter reported), method_info {from_lock, stats,
+  biased_layers} (static methods only), versions {...}, notes [str].
 Params and FLOPs come from ``compiler.plan.param_count`` / ``flops_per_token``; the ONNX
 cross-check counts the float initializers of rank 2 (the weight matrices; norms and
 constants are 1-D) and compares them with the plan's matrix parameters (``param_count``
@@ -76,6 +77,7 @@ class BuildReport:
     providers: dict[str, Any]
     timings: dict[str, float]
     compile_info: dict[str, Any] = field(default_factory=dict)  # what the passes/export said
+    method_info: dict[str, Any] = field(default_factory=dict)  # static method: stats, lock
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -92,7 +94,7 @@ class BuildReport:
             "perplexity": {d.name: d.to_json() for d in self.perplexity},
             "gates": [g.to_json() for g in self.gates], "providers": self.providers,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-            "compile": self.compile_info, "versions": versions(), "notes": list(self.notes),
+            "compile": self.compile_info, "method_info": self.method_info, "versions": versions(), "notes": list(self.notes),
         }
 
 

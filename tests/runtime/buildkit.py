@@ -165,3 +165,11 @@ if __name__ == "__main__":
     import sys
 
     raise SystemExit(main(sys.argv[1:]))
+
+
+def load_shape(model_dir: Path) -> Any:
+    """The ModelShape of a saved model directory."""
+    from prunec.runtime.models import load_model
+
+    decl = ModelDecl(ModelSource.HF_DIR, str(model_dir), DType.FLOAT32, SPAN)
+    return load_model(decl, Path("/")).shape

@@ -1,0 +1,141 @@
+"""runtime.build: the artifact layout, report.json, gates, output directories, methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import buildkit
+from prunec.compiler.diagnostics import CompileError
+from prunec.compiler.ir import ParamsGate, PerplexityGate
+from prunec.compiler.plan import Plan, param_count
+from prunec.runtime.build import BuildOptions, build, failed_report_path, output_dir
+
+REPORT_KEYS = {"schema", "passed", "spec", "model", "method", "plan_summary", "params",
+               "flops_per_token", "layers", "perplexity", "gates", "providers", "timings_s",
+               "compile", "method_info", "versions", "notes"}
+
+
+def test_artifact_layout(built: Any) -> None:
+    out = built.artifact
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "plan.json", "report.json", "tokenizer.json",
+            "tokenizer_config.json"} <= names
+    assert [p.name for p in out.parent.iterdir()] == [out.name], "no temp dirs left behind"
+    assert json.loads((out / "report.json").read_text()) == built.report
+
+
+def test_report_contents(built: Any) -> None:
+    r = built.report
+    assert set(r) == REPORT_KEYS and r["passed"] and r["method"] == "manual"
+    plan = Plan.from_json(json.loads((built.artifact / "plan.json").read_text()))
+    assert plan == Plan.from_json(Plan.from_json(plan.to_json()).to_json())
+    assert r["params"]["agree"], "ONNX weight matrices == the plan's count"
+    assert r["params"]["pruned"] < r["params"]["dense"]
+    assert r["flops_per_token"]["pruned"] < r["flops_per_token"]["dense"]
+    assert [row["attn"] for row in r["layers"]] == ["kept", "removed", "kept", "kept"]
+    assert [row["channels_kept"] for row in r["layers"]] == [64, 64, 128, 0]
+    assert [row["heads_kept"] for row in r["layers"]] == [6, 0, 4, 3]
+    assert [g["held"] for g in r["gates"]] == [True, True]
+    assert r["providers"]["used"] == ["CPUExecutionProvider"]
+    assert {"load_model", "plan", "compile", "evaluate_dense", "evaluate_pruned",
+            "total"} <= set(r["timings_s"])
+    assert {"torch", "onnxruntime", "prunec"} <= set(r["versions"])
+
+
+def fast_build(tiny_dir: Path, built: Any, out: Path, gates: tuple[Any, ...] = ()) -> Any:
+    spec = buildkit.make_spec(tiny_dir, plan=buildkit.manual_plan(), gates=gates)
+    return build(spec, Path.cwd(), BuildOptions(out, quiet=True),
+                 buildkit.copy_compile(built.artifact / "model.onnx"))
+
+
+def test_failed_gate_publishes_nothing_and_keeps_old(tiny_dir: Path, built: Any,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    first = fast_build(tiny_dir, built, out)
+    assert first.passed and (out / "report.json").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    ppl = PerplexityGate("eval", None, 1.5, buildkit.span(40))
+    params = ParamsGate(1000, buildkit.span(41))
+    failed = fast_build(tiny_dir, built, out, gates=(ppl, params))
+    assert not failed.passed and failed.artifact is None
+    assert [g["held"] for g in failed.report["gates"]] == [False, False]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "old artifact intact"
+    assert failed.failed_report == failed_report_path(out)
+    assert json.loads(failed.failed_report.read_text())["passed"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.failed-report.json"]
+    again = fast_build(tiny_dir, built, out)
+    assert again.passed and not failed_report_path(out).exists()
+
+
+def test_gate_with_relative_and_absolute_limits(tiny_dir: Path, built: Any,
+                                                tmp_path: Path) -> None:
+    dense = built.report["perplexity"]["eval"]["dense"]["ppl"]
+    gate = PerplexityGate("eval", 100.0, dense * 0.5, buildkit.span(40))
+    r = fast_build(tiny_dir, built, tmp_path / "a", gates=(gate,)).report
+    assert r["gates"][0]["limit"] == pytest.approx(dense * 0.5) and not r["passed"]
+
+
+def test_params_gate_uses_the_plans_count(tiny_dir: Path, built: Any, tmp_path: Path) -> None:
+    pruned = built.report["params"]["pruned"]
+    assert pruned == param_count(
+        buildkit.load_shape(tiny_dir), Plan.from_json(json.loads(
+            (built.artifact / "plan.json").read_text())))
+    ok = fast_build(tiny_dir, built, tmp_path / "a", gates=(ParamsGate(pruned, buildkit.SPAN),))
+    assert ok.passed
+
+
+def test_refuses_to_replace_a_foreign_directory(tiny_dir: Path, built: Any,
+                                                tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CompileError) as exc:
+        fast_build(tiny_dir, built, tmp_path / "mine")
+    assert exc.value.diagnostics[0].code == "P0406"
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_output_dir_rules(tiny_dir: Path) -> None:
+    spec = buildkit.make_spec(tiny_dir)
+    assert output_dir(spec, Path("/specs"), Path("x")) == Path("x")
+    assert output_dir(spec, Path("/specs"), None) == Path("build/tiny")
+    with_output = buildkit.make_spec(tiny_dir, output="out/t")
+    assert output_dir(with_output, Path("/specs"), None) == Path("/specs/out/t")
+
+
+def test_bad_manual_plan_is_a_diagnostic_before_any_work(tiny_dir: Path, tmp_path: Path) -> None:
+    from prunec.compiler.ir import KeepHeads, LayerSelector, ManualPlan, SelectorKind
+
+    sel = LayerSelector(SelectorKind.INDEX, 0, None, buildkit.SPAN)
+    plan = ManualPlan((KeepHeads(sel, 5, None, buildkit.span(12)),), buildkit.SPAN)
+    spec = buildkit.make_spec(tiny_dir, plan=plan)
+    with pytest.raises(CompileError) as exc:
+        build(spec, Path.cwd(), BuildOptions(tmp_path / "o", quiet=True),
+              buildkit.reference_compile)
+    assert exc.value.diagnostics[0].span.line == 12
+    assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
+    """The spec's method runs through prunec.passes.methods (magnitude: no calibration)."""
+    from prunec.compiler.ir import StaticMethod, StaticPrune, Target
+    from prunec.compiler.ir import Scope
+    from prunec.runtime.build import BuildContext, graph_compile, load_data, make_plan
+    from prunec.runtime.evaluate import make_progress
+    from prunec.runtime.models import load_model
+
+    static = StaticPrune(StaticMethod.MAGNITUDE, Target(0.2, None, None, None, buildkit.SPAN),
+                         None, None, None, (), False, Scope.PER_LAYER, buildkit.span(7))
+    spec = buildkit.make_spec(tiny_dir)
+    spec = type(spec)(**{**spec.__dict__, "static": static})
+    loaded = load_model(spec.model, Path.cwd())
+    with make_progress(True) as progress:
+        ctx = BuildContext(spec, Path.cwd(), BuildOptions(quiet=True), progress, graph_compile)
+        plan, result = make_plan(spec, loaded, load_data(spec, Path.cwd(), tiny_tok), ctx)
+    assert plan.method == "magnitude" and result is not None
+    assert plan.validate(loaded.shape) == []
+    dense = param_count(loaded.shape, Plan.dense(loaded.shape))
+    assert param_count(loaded.shape, plan) < dense
