@@ -8,8 +8,8 @@ the config is ever needed, never weights. Policies (documented in docs/language.
 - calibration data (``score``, ``history``) and evaluation data (``evaluate`` and the
   perplexity gates) that read a shared file must use disjoint slices: an error (P0204),
   because a gate measured on calibration text approves a model it should reject;
-- a static method and a manual plan may be combined only when the static method
-  ``protect``s every layer the plan changes (P0208);
+- a spec has a static method or a manual plan, not both (P0208): the build applies a
+  manual plan instead of any static method, so the pair would silently lose one;
 - a kept head count must be equal per KV group or whole KV groups (P0206).
 """
 
@@ -314,17 +314,11 @@ def check_plan_conflicts(ctx: Context) -> Iterator[Diagnostic]:
 
 
 def check_static_vs_plan(ctx: Context) -> Iterator[Diagnostic]:
-    s = ctx.spec.static
-    if s is None or ctx.spec.plan is None or ctx.shape is None:
-        return
-    protected = resolved(s.protect, ctx.shape.n_layers)
-    reported: set[Span] = set()
-    for i, _, span in plan_touches(ctx):
-        if i not in protected and span not in reported:
-            reported.add(span)
-            yield _err("P0208", f"layer {i} is changed by the manual plan and may also be "
-                       f"changed by prune {s.method.value}", span,
-                       f"add layers[{i}] to the prune block's protect list")
+    s, plan = ctx.spec.static, ctx.spec.plan
+    if s is not None and plan is not None:
+        yield _err("P0208", f"the spec has both a manual plan and prune {s.method.value}",
+                   plan.span, f"a build applies the manual plan and would ignore prune "
+                   f"{s.method.value}: keep one of them")
 
 
 # -------------------------------------------------------------------------- probe

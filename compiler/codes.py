@@ -50,7 +50,7 @@ CODES: dict[str, str] = {
     "P0205": "a layer selector selects nothing or falls outside the model",
     "P0206": "a head count or head set breaks grouped-query attention",
     "P0207": "a channel or head index or count is out of range",
-    "P0208": "a static method and the manual plan change the same layer",
+    "P0208": "a spec has both a static method and a manual plan",
     "P0209": "two manual plan actions conflict",
     "P0210": "ONNX gating requires a probe policy",
     "P0211": "an option does not apply to the chosen method",
