@@ -22,6 +22,7 @@ from pathlib import Path
 from prunec.compiler import files
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import (
+    DatasetDecl,
     KeepChannels,
     KeepHeads,
     LayerSelector,
@@ -122,11 +123,15 @@ def check_overlap(ctx: Context) -> Iterator[Diagnostic]:
     calib = [known[n] for n in sorted(calibration_names(ctx.spec)) if n in known]
     evals = [known[n] for n in ctx.spec.eval_datasets() if n in known]
     for c in calib:
-        shared = set(files.resolve(c, ctx.spec_dir).files)
+        shared = _real_files(c, ctx.spec_dir)
         for e in evals:
-            common = shared & set(files.resolve(e, ctx.spec_dir).files)
+            common = shared & _real_files(e, ctx.spec_dir)
             if common and _overlaps(c.slice, e.slice):
                 yield _overlap_error(c.name, e.name, e.span)
+
+
+def _real_files(d: DatasetDecl, spec_dir: Path) -> set[Path]:
+    return {p.resolve() for p in files.resolve(d, spec_dir).files}
 
 
 def _overlaps(a: SliceRange | None, b: SliceRange | None) -> bool:

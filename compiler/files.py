@@ -2,7 +2,7 @@
 
 The one place that turns ``DatasetDecl.paths`` into files, shared by the checks (which
 report problems) and the backend (which reads the files). Invariants: paths are relative
-to the spec's directory unless absolute; globs (``*``, ``?``, ``[``) expand in sorted order
+to the spec's directory unless absolute (``~`` expands); globs (``*``, ``?``, ``[``) expand in sorted order
 to regular files; text/jsonl entries must be readable files, hf-disk entries directories.
 Never reads file contents (sizes only), so checks stay fast.
 """
@@ -42,7 +42,7 @@ def resolve(decl: DatasetDecl, spec_dir: Path) -> Resolved:
 
 
 def _resolve_one(pattern: str, spec_dir: Path, fmt: DataFormat) -> tuple[list[Path], str]:
-    full = spec_dir / pattern
+    full = spec_dir / Path(pattern).expanduser()
     if _GLOB_CHARS & set(pattern):
         matches = sorted(Path(m) for m in glob.glob(str(full), recursive=True))
         matches = [m for m in matches if _fits(m, fmt)]
