@@ -123,3 +123,14 @@ def test_examples_in_the_language_doc_check_clean() -> None:
     for text in (blocks[0], "model demo\n" + blocks[1]):
         spec, diags = check_source(text, str(ROOT / "specs" / "doc.prune"))
         assert spec is not None, [d.headline() for d in diags]
+
+
+def test_one_lowering_method_per_grammar_rule() -> None:
+    from prunec.compiler.lower import Lower
+    from prunec.grammar.parser import parser
+
+    rules = {str(r.alias or r.origin.name) for r in parser().rules
+             if not r.options.expand1}  # ?value is inlined: it never reaches the tree
+    rules = {r for r in rules if not r.startswith("_")}
+    assert rules and all(callable(getattr(Lower, r, None)) for r in rules), sorted(
+        r for r in rules if not hasattr(Lower, r))
