@@ -174,7 +174,8 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     ),
     "P0017": (
         "expected a name here",
-        None,
+        ('blocks open with names: model KIND "path", dataset NAME FORMAT "path", '
+         'prune METHOD { ... }, export KIND "file"'),
         ("model {", "model 3", "model \"x\"", "dataset {", "dataset a {", "dataset 3",
          "export {", "export 3", "model }", "export }", "dataset a 3", "prune 3",
          "dataset a }"),
@@ -187,16 +188,35 @@ def _problem(exc: UnexpectedInput, text: str) -> SyntaxProblem:
     if isinstance(exc, UnexpectedCharacters):
         return _bad_character(text, exc.pos_in_stream or 0, line, col)
     if isinstance(exc, UnexpectedEOF) or _is_eof(exc):
-        return SyntaxProblem(
-            "P0005", "unexpected end of file", line, col, col + 1,
-            "a block, list or string is not closed",
-        )
+        return SyntaxProblem("P0005", "unexpected end of file", line, col, col + 1,
+                             _unclosed(text))
     code = _match(exc, text)
     message, hint, _ = ERROR_EXAMPLES.get(code, ("syntax error", None, ()))
     token = exc.token if isinstance(exc, UnexpectedToken) else None
     width = max(len(str(token)), 1) if token is not None else 1
     found = f" (found {_show(str(token))})" if token is not None else ""
     return SyntaxProblem(code, message + found, line, col, col + width, hint)
+
+
+_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"|(?:#|//)[^\n]*|([{}\[\]()])')
+_PAIRS = {"}": "{", "]": "[", ")": "("}
+
+
+def _unclosed(text: str) -> str:
+    """A hint naming the innermost bracket left open at the end of ``text``."""
+    stack: list[tuple[str, int]] = []
+    for m in _BRACKETS.finditer(text):
+        ch = m.group(1)
+        if ch in ("{", "[", "("):
+            stack.append((ch, m.start()))
+        elif ch and stack and stack[-1][0] == _PAIRS[ch]:
+            stack.pop()
+    if not stack:
+        return "the spec ends in the middle of an item"
+    ch, at = stack[-1]
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    return f"the '{ch}' at line {line}, column {col} is never closed"
 
 
 def _is_eof(exc: UnexpectedInput) -> bool:
@@ -244,8 +264,16 @@ def _bad_character(text: str, pos: int, line: int, col: int) -> SyntaxProblem:
         )
     return SyntaxProblem(
         "P0004", f"unexpected character {_show(ch)}", line, col, col + 1,
-        {"/": "comments start with # or //", "<": "bounds are written <="}.get(ch),
+        _CHAR_HINTS.get(ch),
     )
+
+
+_CHAR_HINTS = {
+    "/": "comments start with # or //",
+    "<": "bounds are written <=",
+    "'": 'strings use double quotes: "..."',
+    ";": "entries are separated by new lines or commas",
+}
 
 
 def _show(s: str) -> str:
