@@ -131,7 +131,7 @@ def from_gguf(path: Path) -> ModelShape:
         raise ShapeProblem("P0301", f"GGUF file {path} does not exist")
     try:
         meta, n_tokens, tied = scan_gguf(path)
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, RecursionError):
         return from_gguf_reader(path)  # unusual files: let gguf parse (or explain) them
     return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
 

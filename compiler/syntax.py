@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
@@ -171,17 +172,19 @@ def integer(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
     if not isinstance(v, Num) or v.unit != "":
         _bad_unit_or_type(v, key, "a whole number", sink)
         return None
-    if v.value != int(v.value) or "." in v.raw or "e" in v.raw.lower():
+    if not v.raw.isdigit():
         sink.append(Diagnostic.error("P0109", f"'{key}' must be a whole number, got {v.raw}",
                                      v.span))
         return None
-    return int(v.value)
+    return int(v.raw)  # exact, however long
 
 
 def count(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
     """A count with an optional unit: 110M, 1.2B, 500K, 135000000."""
     if not isinstance(v, Num) or (v.unit and v.unit not in COUNT_UNITS):
         _bad_unit_or_type(v, key, "a count such as 110M or 1.2B", sink)
+        return None
+    if not _finite(v, key, sink):
         return None
     return round(v.value * COUNT_UNITS.get(v.unit, 1))
 
@@ -190,14 +193,22 @@ def number(v: Value, key: str, sink: list[Diagnostic]) -> float | None:
     if not isinstance(v, Num) or v.unit != "":
         _bad_unit_or_type(v, key, "a plain number", sink)
         return None
-    return v.value
+    return v.value if _finite(v, key, sink) else None
 
 
 def multiplier(v: Num, key: str, sink: list[Diagnostic]) -> float | None:
     if v.unit != "x":
         _bad_unit_or_type(v, key, "a multiple such as 1.5x", sink)
         return None
-    return v.value
+    return v.value if _finite(v, key, sink) else None
+
+
+def _finite(v: Num, key: str, sink: list[Diagnostic]) -> bool:
+    """False (and P0202) for numbers too large to compute with, such as 1e999."""
+    if math.isfinite(v.value) and v.value < 1e30:
+        return True
+    sink.append(Diagnostic.error("P0202", f"'{key}': {v.raw} is too large", v.span))
+    return False
 
 
 def _bad_unit_or_type(v: Value, key: str, expected: str, sink: list[Diagnostic]) -> None:

@@ -134,3 +134,17 @@ def test_one_lowering_method_per_grammar_rule() -> None:
     rules = {r for r in rules if not r.startswith("_")}
     assert rules and all(callable(getattr(Lower, r, None)) for r in rules), sorted(
         r for r in rules if not hasattr(Lower, r))
+
+
+@pytest.mark.parametrize("text,code", [
+    ('dataset c text "data/kjv-calib.txt" { samples = 1e999 }\nevaluate = [c]', "P0109"),
+    ("gates { params <= 1e999M }", "P0202"),
+    (('dataset c text "data/kjv-calib.txt"\nprune multipruner { target = 20% score = c '
+      "distribution = 1e999:1:1 }"), "P0202"),
+    ("plan { keep 99999999999999999999999 heads in layers[1] }", "P0207"),
+    ("plan { remove layers[99999999999999999999].mlp }", "P0205"),
+    ("gates { perplexity(a) <= 1e400x dense }", "P0202"),
+])
+def test_huge_numbers_are_diagnosed(text: str, code: str) -> None:
+    spec, diags = check_source("model demo\n" + text + "\n", str(SPECS[0].parent / "t.prune"))
+    assert spec is None and code in [d.code for d in diags]

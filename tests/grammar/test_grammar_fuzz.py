@@ -15,7 +15,7 @@ SPEC_TEXTS = [p.read_text() for p in sorted((ROOT / "specs").glob("*.prune"))]
 ALPHABET = st.sampled_from(list('{}[]()=,.:-%"#/\\<>*\n \t') + ["model", "demo", "probe",
                            "layers", "ratio", "40%", "1.5x", "dense", "keep", "remove", "0",
                            "3", "heads", "prune", "plan", "gates", "params", "in", "..",
-                           "\u00e9", "\x00", "\ufeff"])
+                           "\u00e9", "\x00", "\ufeff", "1e999", "9" * 30, "1e-400"])
 # PRUNEC_FUZZ_EXAMPLES=5000 for a longer hunt; the default keeps the suite fast.
 FUZZ = settings(max_examples=int(os.environ.get("PRUNEC_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
