@@ -18,9 +18,10 @@ An existing ``D`` is only replaced when it looks like a prunec artifact (it hold
 ``ARTIFACT_MARKER``) or is empty: ``-o ~`` must never delete a home directory.
 
 ``checkpoint(name)`` is a fault-injection hook for the kill tests: when the environment
-variable ``PRUNEC_CHECKPOINT_FILE`` names a file, each checkpoint appends its name there and
-then sleeps ``PRUNEC_CHECKPOINT_SLEEP`` seconds (default 0), so that a test can SIGKILL the
-build at a known point. Without the variable it does nothing.
+variable ``PRUNEC_CHECKPOINT_FILE`` names a file, each checkpoint appends its name there, and
+the checkpoint named by ``PRUNEC_CHECKPOINT_PAUSE`` then sleeps ``PRUNEC_CHECKPOINT_SLEEP``
+seconds (default 120), so that a test can signal the build at a known point. Without the
+variables it does nothing.
 """
 
 from __future__ import annotations
@@ -159,4 +160,5 @@ def checkpoint(name: str) -> None:
         f.write(name + "\n")
         f.flush()
         os.fsync(f.fileno())
-    time.sleep(float(os.environ.get("PRUNEC_CHECKPOINT_SLEEP", "0")))
+    if os.environ.get("PRUNEC_CHECKPOINT_PAUSE") == name:
+        time.sleep(float(os.environ.get("PRUNEC_CHECKPOINT_SLEEP", "120")))
