@@ -3,7 +3,8 @@
 Measures (1) the whole CLI in a fresh process (``python -m prunec check``: interpreter
 start, imports, parser load, check), (2) ``check_source`` in-process on first call (parser
 built or loaded from Lark's cache) and (3) warm (median of repeated calls). Prints a table
-and writes JSON to bench/results/check_speed.json. Not a test: timings are reported, never
+and writes JSON to bench/results/check_speed.json. CPU seconds are reported next to wall
+seconds because a shared machine's load inflates wall time. Not a test: timings are reported, never
 asserted. Usage: ``.venv/bin/python bench/check_speed.py [--lines 300] [--repeat 20]``.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,16 +43,20 @@ def generate(lines: int) -> str:
     return "\n".join(out[:lines] if len(out) > lines + 40 else out) + "\n"
 
 
-def time_cli(path: Path, repeat: int) -> list[float]:
-    times = []
+def time_cli(path: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + sys) seconds of fresh ``prunec check`` processes."""
+    wall, cpu = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "prunec", "check", str(path)],
                               capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - t)
+        wall.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"check failed:\n{done.stderr[-2000:]}")
-    return times
+    return wall, cpu
 
 
 def time_in_process(text: str, path: Path, repeat: int) -> tuple[float, list[float]]:
@@ -76,11 +83,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.prune"
         path.write_text(text)
-        cli = time_cli(path, max(3, args.repeat // 4))
+        cli, cli_cpu = time_cli(path, max(3, args.repeat // 4))
         first, warm = time_in_process(text, path, args.repeat)
-    rows = {
+    rows: dict[str, float | int] = {
         "lines": text.count("\n"),
+        "cpus": os.cpu_count() or 0,
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "cli_fresh_process_s_median": statistics.median(cli),
+        "cli_fresh_process_cpu_s_median": statistics.median(cli_cpu),
         "in_process_first_call_s": first,
         "in_process_warm_s_median": statistics.median(warm),
     }
