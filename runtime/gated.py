@@ -89,15 +89,17 @@ def _keep_counts(gated: Any) -> dict[str, int]:
 
 
 def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, history: Any,
-                      path: str | Path, opset: int = 18, debug: bool = False) -> GatedExportInfo:
+                      path: str | Path, opset: int = 18, debug: bool = False,
+                      probe_free: bool = False) -> GatedExportInfo:
     """Export ``model`` (dense or statically pruned) with probe gating under ``policy``.
 
     ``history`` is the ``History`` from ``calibrate_history``; ``debug`` adds the kept
-    indices as outputs. Writes the three artifact files next to ``path``."""
+    indices as outputs; ``probe_free`` (benchmarks only) scores from H alone. Writes the
+    three artifact files next to ``path``."""
     from prunec.passes.probe import build_gated, initial_state
 
     path = Path(path)
-    gated = build_gated(model, shape, policy, history)
+    gated = build_gated(model, shape, policy, history, probe_free)
     state = initial_state(gated, history)
     _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
     inputs, outputs = _names(gated.history_names, debug)

@@ -10,6 +10,8 @@ from batch to batch (the reference the ONNX export is checked against).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -115,12 +117,13 @@ def _blocks(model: nn.Module, gates: tuple[LayerGate, ...], policy: ProbePolicy,
 
 
 def build_gated(model: nn.Module, shape: ModelShape, policy: ProbePolicy,
-                history: History) -> GatedLlama:
-    """The gated forward of ``model`` under ``policy`` (static metrics give fixed masks)."""
+                history: History, probe_free: bool = False) -> GatedLlama:
+    """The gated forward of ``model`` under ``policy`` (static metrics give fixed masks).
+    ``probe_free`` (benchmarks only) scores from H alone, to measure the probe's cost."""
     _check_supported(model)
     static = policy.metric is not ProbeMetric.PPSP
     gates = layer_gates(model, shape, policy, static=static)
-    settings = settings_of(model, shape, policy)
+    settings = replace(settings_of(model, shape, policy), probe_free=probe_free)
     with torch.no_grad():
         blocks, names = _blocks(model, gates, policy, history, settings)
         gated = GatedLlama(model, blocks, names, history.max_len, settings.eps)

@@ -35,6 +35,7 @@ class ProbeSettings:
     momentum: float
     eps: float  # RMSNorm epsilon
     head_dim: int
+    probe_free: bool = False  # benchmark variant: scores from H alone (no probe), same TopK
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -105,6 +106,8 @@ class GatedBlock(nn.Module):
     def scores(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                hist: torch.Tensor) -> torch.Tensor:
         """PPsp scores from the probe (or the full batch) fused with H."""
+        if self.settings.probe_free:
+            return self.importance(hist[:x.shape[1]].sum(0))
         if self.settings.full_batch:
             probe_sq, hsel = self.activation(x, rope, None).pow(2).mean(0), hist[:x.shape[1]]
         else:

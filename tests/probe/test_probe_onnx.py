@@ -1,0 +1,127 @@
+"""The gated ONNX export (prunec.runtime.gated) against the eager Probe Pruning.
+
+Batch after batch with H evolving (different batch sizes and sequence lengths), the
+onnxruntime session must keep the same indices (debug outputs ``kept.*``), give the same
+logits (``relative_error`` <= 1e-4: max abs diff over max abs eager logit) and carry the same
+H (abs 1e-6 + rel 1e-5) as ``ProbeRunner``. On a plain tiny GQA model and on one pruned by a
+static plan first (removed blocks, narrower layers), and once on SmolLM2 (slow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from prunec.passes.probe import ProbeRunner, calibrate_history
+from prunec.passes.reference import apply_plan_, relative_error, shape_of
+from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
+from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
+
+TOL = 1e-4
+BATCHES = ((4, 24), (2, 10), (5, 40), (1, 7))
+
+
+def _artifact(tmp: Path, model, policy, calib, max_len=40, debug=True):  # type: ignore[no-untyped-def]
+    shape = shape_of(model)
+    hist = calibrate_history(model, shape, policy, calib, max_len=max_len)
+    info = export_gated_onnx(model, shape, policy, hist, tmp / "gated.onnx", debug=debug)
+    return info, ProbeRunner(model, shape, policy, hist)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, calib_ids):  # type: ignore[no-untyped-def]
+    from conftest import _policy
+
+    return _artifact(tmp_path_factory.mktemp("plain"), tiny_llama(2), _policy(0.4), calib_ids)
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory, calib_ids):  # type: ignore[no-untyped-def]
+    from conftest import _policy
+
+    model = tiny_llama(6, TinyConfig(layers=5))
+    shape = shape_of(model)
+    apply_plan_(model, random_plan(shape, seed=8, p_remove=0.3), shape)
+    return _artifact(tmp_path_factory.mktemp("composed"), model, _policy(0.5), calib_ids)
+
+
+def _compare(info, runner, batches, vocab=160):  # type: ignore[no-untyped-def]
+    session = GatedSession(Path(info.onnx_path).parent)
+    for i, (b, t) in enumerate(batches):
+        ids = torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(i))
+        want = runner.run(ids)
+        got = session.run(ids.numpy())
+        assert relative_error(torch.from_numpy(got), want) <= TOL
+        for name, kept in zip(runner.gated.history_names, runner.last_kept):
+            onnx_kept = session.kept.get(name.replace("history.", "kept.", 1))
+            if onnx_kept is not None:
+                assert sorted(onnx_kept.tolist()) == sorted(kept.tolist()), (i, name)
+        for (name, h), eager in zip(session.history().items(), runner.state):
+            assert np.allclose(h, eager.numpy(), rtol=1e-5, atol=1e-6), (i, name)
+    return session
+
+
+@pytest.mark.parametrize("which", ["plain", "composed"])
+def test_onnx_matches_eager_batch_after_batch(which, request):  # type: ignore[no-untyped-def]
+    info, runner = request.getfixturevalue(which)
+    assert info.history_inputs and len(info.kept_outputs) == len(info.history_inputs)
+    _compare(info, runner, BATCHES)
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+def test_graph_is_statically_gated(plain):  # type: ignore[no-untyped-def]
+    info, _ = plain
+    assert check_static_gating(info.onnx_path) == []
+    model = onnx.load(info.onnx_path)
+    consts = _constants(model)
+    constant_k = sorted(int(consts[n.input[1]].reshape(-1)[0]) for n in model.graph.node
+                        if n.op_type == "TopK" and n.input[1] in consts)
+    for keep in info.keep.values():
+        assert keep in constant_k
+    assert [i.name for i in model.graph.input] == ["input_ids", *info.history_inputs]
+    assert [o.name for o in model.graph.output] == ["logits", *info.history_outputs,
+                                                     *info.kept_outputs]
+    dims = model.graph.input[1].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [40, 6 * 16]  # history.1.attn: [max_len, heads*d]
+
+
+def test_session_reset_and_limits(plain):  # type: ignore[no-untyped-def]
+    info, _ = plain
+    session = GatedSession(info.onnx_path, providers=["CPUExecutionProvider"])
+    assert session.provider == "CPUExecutionProvider"
+    before = session.history()
+    session.run(np.zeros((2, 8), dtype=np.int64))
+    assert any(not np.array_equal(before[k], v) for k, v in session.history().items())
+    session.reset()
+    assert all(np.array_equal(before[k], v) for k, v in session.history().items())
+    with pytest.raises(ValueError, match="sequence length"):
+        session.run(np.zeros((1, 41), dtype=np.int64))
+
+
+@pytest.mark.slow
+def test_smollm2_gated_onnx_matches_eager(tmp_path):  # type: ignore[no-untyped-def]
+    from conftest import _policy
+
+    from prunec.compiler.diagnostics import Span
+    from prunec.compiler.ir import DType, ModelDecl, ModelSource
+    from prunec.runtime.models import load_model
+
+    loaded = load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span("", 0, 0, 0, 0)),
+                        Path(__file__).resolve().parents[2] / "specs")
+    calib = torch.randint(0, 49152, (4, 32), generator=torch.Generator().manual_seed(0))
+    policy = _policy(0.4, skip=(0, 1, 2), round_to=64)
+    info, runner = _artifact(tmp_path, loaded.model, policy, calib, max_len=64)
+    assert info.keep["history.3.mlp"] == 832 and info.keep["history.3.attn"] == 6
+    _compare(info, runner, ((4, 32), (2, 64), (3, 17)), vocab=49152)
