@@ -135,6 +135,14 @@ def _real_files(d: DatasetDecl, spec_dir: Path) -> set[Path]:
 
 
 def _overlaps(a: SliceRange | None, b: SliceRange | None) -> bool:
+    """Whether two slices of one stream share tokens (no slice = the whole stream).
+
+    >>> s = Span("s", 1, 1, 1, 1)
+    >>> _overlaps(SliceRange(0.0, 0.5, s), SliceRange(0.5, 1.0, s))
+    False
+    >>> _overlaps(None, SliceRange(0.9, 1.0, s))
+    True
+    """
     lo_a, hi_a = (a.start, a.end) if a else (0.0, 1.0)
     lo_b, hi_b = (b.start, b.end) if b else (0.0, 1.0)
     return lo_a < hi_b and lo_b < hi_a

@@ -111,7 +111,12 @@ def _dataset_rows(spec: Spec, spec_dir: Path) -> list[Row]:
 
 
 def mlp_step(shape: ModelShape) -> int:
-    """The default MLP step: intermediate_size / 8 rounded to a multiple of 64 (>= 64)."""
+    """The default MLP step: intermediate_size / 8 rounded to a multiple of 64 (>= 64).
+
+    >>> from prunec.compiler.ir import SMOLLM2_135M
+    >>> mlp_step(SMOLLM2_135M)
+    192
+    """
     return max(64, (shape.intermediate // 8 + 32) // 64 * 64)
 
 

@@ -35,7 +35,19 @@ class Unit:
 
 
 def format_source(text: str) -> str:
-    """The canonical form of ``text``; raises ``SyntaxProblem`` if it does not parse."""
+    """The canonical form of ``text``; raises ``SyntaxProblem`` if it does not parse.
+
+    >>> print(format_source('model demo {dtype=bf16}  # m\\nprobe{ratio=40%,skip=[layers[0..2]]}'))
+    model demo {
+      dtype = bf16
+    }  # m
+    <BLANKLINE>
+    probe {
+      ratio = 40%
+      skip = [layers[0..2]]
+    }
+    <BLANKLINE>
+    """
     tree = parse(text)
     cmts = comments(text)
     units = [u for item in tree.children if isinstance(item, Tree)

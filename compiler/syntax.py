@@ -89,7 +89,12 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
 
 def quantity(raw: str, span: Span) -> Num:
-    """Split a QUANTITY token into its number and unit suffix."""
+    """Split a QUANTITY token into its number and unit suffix.
+
+    >>> q = quantity("1.5x", Span("s.prune", 1, 1, 1, 5))
+    >>> q.value, q.unit
+    (1.5, 'x')
+    """
     m = _QUANTITY.fullmatch(raw)
     assert m is not None, raw  # the lexer guarantees the shape
     return Num(float(m.group(1)), m.group(2), raw, span)
@@ -268,7 +273,13 @@ def items(v: Value) -> tuple[Scalar, ...]:
 
 
 def suggest(got: str, choices: list[str]) -> str | None:
-    """'did you mean ...?' for the closest choice, else the list of choices."""
+    """'did you mean ...?' for the closest choice, else the list of choices.
+
+    >>> suggest("multiprunr", ["multipruner", "magnitude"])
+    "did you mean 'multipruner'?"
+    >>> suggest("xyz", ["on", "off"])
+    'expected one of: on, off'
+    """
     close = difflib.get_close_matches(got, choices, n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
