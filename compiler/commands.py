@@ -21,16 +21,27 @@ CHECK_HELP = """\
 Parse and check .prune specs against the language and the model's config (never its
 weights): undefined or duplicate names, out-of-range ratios, layer selectors outside the
 model, head counts that break grouped-query attention, missing data files, ...
-Exit status: 0 when every spec is clean (warnings allowed), 1 when any has an error."""
+Exit status: 0 when every spec is clean (warnings allowed), 1 when any has an error.
+
+examples:
+  prunec check specs/*.prune
+  prunec check --format json specs/smollm2-probe.prune > diagnostics.json"""
 
 FMT_HELP = """\
 Rewrite .prune specs in the canonical layout (two-space indent, one entry per line,
-comments kept). With --check, change nothing and exit 1 if any file would change."""
+comments kept). With --check, change nothing and exit 1 if any file would change.
+
+examples:
+  prunec fmt specs/my.prune
+  prunec fmt --check specs/*.prune     # in CI"""
 
 EXPLAIN_HELP = """\
 Say what building the spec would do: the model and its parameter count, the datasets and
 their sizes, the static method or manual plan (parameters before/after where it can be
-known), the probe policy, gates and exports. Runs nothing."""
+known), the probe policy, gates and exports. Runs nothing.
+
+example:
+  prunec explain specs/smollm2-manual.prune"""
 
 
 def register(subparsers: Any) -> None:
