@@ -70,6 +70,17 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
+def _bytes(n: int) -> str:
+    """Human size: 512 B, 339 KiB, 1.2 MiB.
+
+    >>> _bytes(512), _bytes(347512), _bytes(5 * 2**20)
+    ('512 B', '339 KiB', '5.0 MiB')
+    """
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:g}%"
 
@@ -99,7 +110,7 @@ def _dataset_rows(spec: Spec, spec_dir: Path) -> list[Row]:
     rows = []
     for d in spec.datasets:
         r = files.resolve(d, spec_dir)
-        size = f"{r.size_bytes() / 1024:.0f} KiB in {len(r.files)} file(s)"
+        size = f"{_bytes(r.size_bytes())} in {len(r.files)} file(s)"
         cut = f", slice {_pct(d.slice.start)} .. {_pct(d.slice.end)}" if d.slice else ""
         field = f", field '{d.field}'" if d.field else ""
         rows.append(Row("dataset", d.name, f"{d.format.value} {', '.join(d.paths)} ({size}); "

@@ -27,7 +27,9 @@ class Resolved:
     problems: tuple[str, ...]
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files if p.is_file())
+        """Bytes on disk (a directory counts the files under it)."""
+        found = [f for p in self.files for f in ([p] if p.is_file() else p.rglob("*"))]
+        return sum(f.stat().st_size for f in found if f.is_file())
 
 
 def resolve(decl: DatasetDecl, spec_dir: Path) -> Resolved:
