@@ -101,7 +101,7 @@ def _front_end(text: str, filename: str) -> tuple[Spec | None, list[Diagnostic]]
     spec: Spec = lower.transform(tree)
     diags = list(lower.sink)
     spec_dir = Path(filename).parent
-    shape, shape_diags = _shape(spec, spec_dir, diags)
+    shape, shape_diags = _shape(spec, spec_dir, diags) if lower.model_known else (None, [])
     diags += shape_diags
     diags += run_checks(Context(spec, shape, spec_dir))
     return spec, diags

@@ -59,6 +59,7 @@ class Lower(Transformer[Token, Any]):
         self.file = file
         self.sink: list[Diagnostic] = []
         self._explicit_gating: set[Span] = set()
+        self.model_known = True  # False when the model block is missing or unreadable
 
     # ------------------------------------------------------------------ helpers
     def span(self, meta: Meta) -> Span:
@@ -136,21 +137,23 @@ class Lower(Transformer[Token, Any]):
         revision = f.get("revision", sx.string, None, self.sink)
         location = None if loc_tok is None else sx.unescape(str(loc_tok), self.tspan(loc_tok),
                                                             self.sink)
-        source = self._check_location(source or ModelSource.DEMO, location, meta)
+        if source is None:
+            self.model_known = False  # no shape checks against a model we cannot name
+            source = ModelSource.DEMO
+        else:
+            self._check_location(source, location, meta)
         if revision is not None and source is not ModelSource.HUB:
             self._error("P0211", "'revision' applies to hub models only",
                         f.attrs["revision"].span)
         return ModelDecl(source, location, dtype, self.span(meta), revision)
 
-    def _check_location(self, source: ModelSource, location: str | None,
-                        meta: Meta) -> ModelSource:
+    def _check_location(self, source: ModelSource, location: str | None, meta: Meta) -> None:
         if source is ModelSource.DEMO and location is not None:
             self._error("P0111", "the demo model takes no location", self.span(meta),
                         'use model hf "<dir>", model hub "<id>" or model gguf "<file>"')
         elif source is not ModelSource.DEMO and location is None:
             self._error("P0111", f"model {source.value} needs a location", self.span(meta),
                         f'write model {source.value} "<path or id>"')
-        return source
 
     def dataset(self, meta: Meta, c: list[Any]) -> DatasetDecl:
         name, fmt_tok, paths_v, body = c
@@ -306,6 +309,7 @@ class Lower(Transformer[Token, Any]):
             self._error("P0110", "the spec declares no model", Span.unknown(self.file),
                         "add `model demo` (SmolLM2-135M-Instruct) or model hf \"<dir>\"")
             model = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span.unknown(self.file))
+            self.model_known = False
         exports = tuple(self._default_gating(e, p.probe is not None) for e in p.exports)
         return Spec(
             name=p.name or Path(self.file).stem,
