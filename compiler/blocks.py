@@ -178,7 +178,8 @@ _EMPTY = sx.ListV((), Span("", 0, 0, 0, 0))
 
 def _enum(kind: type[E]) -> Callable[[sx.Value, str, list[Diagnostic]], E | None]:
     def convert(v: sx.Value, key: str, sink: list[Diagnostic]) -> E | None:
-        return sx.word(v, key, kind, sink)
+        got: E | None = sx.word(v, key, kind, sink)
+        return got
 
     return convert
 

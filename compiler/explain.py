@@ -128,7 +128,8 @@ def mlp_step(shape: ModelShape) -> int:
     >>> mlp_step(SMOLLM2_135M)
     192
     """
-    return max(64, (shape.intermediate // 8 + 32) // 64 * 64)
+    step: int = max(64, (shape.intermediate // 8 + 32) // 64 * 64)
+    return step
 
 
 def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
