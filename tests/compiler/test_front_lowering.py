@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from frontkit import HUB_CACHE, SPECS, VALID, dump_ir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.driver import check_source, load_spec
 from prunec.compiler.ir import (
@@ -148,3 +150,15 @@ def test_one_lowering_method_per_grammar_rule() -> None:
 def test_huge_numbers_are_diagnosed(text: str, code: str) -> None:
     spec, diags = check_source("model demo\n" + text + "\n", str(SPECS[0].parent / "t.prune"))
     assert spec is None and code in [d.code for d in diags]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(st.integers(0, 1000), st.integers(0, 1000), st.integers(0, 1000)).filter(
+    lambda t: sum(t) > 0))
+def test_distribution_shares_sum_to_one(parts: tuple[int, int, int]) -> None:
+    spec = _check('model demo\ndataset c text "data/kjv-calib.txt"\nprune multipruner { '
+                  f"target = 20% score = c distribution = {parts[0]}:{parts[1]}:{parts[2]} }}\n")
+    assert spec.static is not None and spec.static.distribution is not None
+    d = spec.static.distribution
+    assert d.blocks + d.mlp + d.heads == pytest.approx(1.0)
+    assert d.blocks * sum(parts) == pytest.approx(parts[0])
