@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from prunec.compiler.ir import ModelShape
-from prunec.compiler.plan import LayerPlan, Plan
+from prunec.compiler.plan import LayerPlan, Plan, param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
 from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
@@ -61,6 +61,9 @@ def test_onnx_matches_reference(case: str, tmp_path: Path) -> None:
     plan = make_plan(shape)
     program, _ = prune_graph(model, plan, shape)
     info = export_onnx(program, tmp_path / "model.onnx")
+    # weights shrink physically: the initializers are exactly the plan's parameters, plus
+    # the rotary inverse frequencies (head_dim / 2); nothing dead or duplicated is left
+    assert info.parameters == param_count(shape, plan) + shape.head_dim // 2
     assert_matches(info.path, apply_plan_(copy.deepcopy(model), plan, shape), shape.vocab)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
+from prunec.compiler.plan import param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error
 from prunec.passes.tiny import random_plan
@@ -34,6 +35,7 @@ def test_smollm2_random_plan_onnx_matches_reference(tmp_path: Path) -> None:
     program, _ = prune_graph(loaded.model, plan, loaded.shape)
     info = export_onnx(program, tmp_path / "smollm2.onnx")
     assert not info.external_data and info.bytes < 2 * 1024**3
+    assert info.parameters == param_count(loaded.shape, plan) + loaded.shape.head_dim // 2
     session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
     reference = apply_plan_(loaded.model, plan, loaded.shape)
     gen = torch.Generator().manual_seed(0)
