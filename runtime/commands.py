@@ -167,12 +167,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from prunec.runtime.build import BuildOptions, build
+    from prunec.runtime import build as driver
     from prunec.runtime.report import render
 
     spec = load_spec_or_raise(args.spec)
-    options = BuildOptions(args.output, args.quiet, args.lock, args.batch_size)
-    result = build(spec, args.spec.parent, options)
+    options = driver.BuildOptions(args.output, args.quiet, args.lock, args.batch_size)
+    result = driver.build(spec, args.spec.parent, options, driver.graph_compile)
     if args.json:
         print(json.dumps(result.report, indent=1))
     elif not args.quiet:
