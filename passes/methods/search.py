@@ -202,7 +202,9 @@ def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
         state.wall_s = base_wall + time.perf_counter() - started
 
     for stage, kind, limit in stage_limits(static, shape).stages:
-        while removed(kind, state.plan, shape) < limit - 1e-9:
+        while (done := removed(kind, state.plan, shape)) < limit - 1e-9:
+            emit(options, ProgressEvent(f"{static.method.value} {stage} stage ({kind})",
+                                        int(done), int(limit)))
             if not search_step(stage, static, shape, orders, engine, state, options):
                 break
             sync()
