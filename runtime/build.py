@@ -151,19 +151,11 @@ def unsupported(spec: Spec) -> list[Diagnostic]:
     out = [Diagnostic.error("P0407", "exporting a pruned model as a Hugging Face directory is "
                             "not supported (its layers have different widths)", e.span,
                             "use an onnx export") for e in spec.exports if isinstance(e, HfExport)]
-    if spec.probe is not None and not _module_exists("prunec.runtime.gated"):
-        out.append(Diagnostic.error("P0408", "dynamic probe pruning is not implemented yet",
-                                    spec.probe.span))
+    if spec.probe is not None:
+        out.append(Diagnostic.error(
+            "P0408", "dynamic probe pruning is not wired into `prunec build` yet",
+            spec.probe.span, "remove the probe block to build the static part"))
     return out
-
-
-def _module_exists(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def bias_notes(method: Any) -> tuple[str, ...]:
