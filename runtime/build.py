@@ -13,6 +13,7 @@ Artifact directory (see ``prunec.runtime.artifact`` for the atomic protocol)::
     DIR/tokenizer.json, tokenizer_config.json, ...   tokenizer.save_pretrained
     DIR/plan.json                          Plan.to_json()
     DIR/plan.lock.json                     (static methods) the lock: rebuild with --lock, no search
+    DIR/<hf dir>/                          (``export hf``) pruned PyTorch model, see hf_export
     DIR/report.json                        BuildReport.to_json(), written last
 
 Output directory: ``-o DIR``, else the spec's ``output`` relative to the spec's directory,
@@ -146,16 +147,21 @@ def onnx_settings(spec: Spec) -> OnnxExport:
 
 def unsupported(spec: Spec) -> list[Diagnostic]:
     """Spec features this build cannot honour yet (errors on their spans)."""
-    from prunec.compiler.ir import HfExport
-
-    out = [Diagnostic.error("P0407", "exporting a pruned model as a Hugging Face directory is "
-                            "not supported (its layers have different widths)", e.span,
-                            "use an onnx export") for e in spec.exports if isinstance(e, HfExport)]
+    out = []
     if spec.probe is not None:
         out.append(Diagnostic.error(
             "P0408", "dynamic probe pruning is not wired into `prunec build` yet",
             spec.probe.span, "remove the probe block to build the static part"))
     return out
+
+
+def write_hf_exports(spec: Spec, loaded: Any, plan: Plan, tmp: Path) -> None:
+    """``export hf "DIR"``: the pruned PyTorch model (see ``prunec.runtime.hf_export``)."""
+    from prunec.compiler.ir import HfExport
+    from prunec.runtime.hf_export import export_hf
+
+    for e in (e for e in spec.exports if isinstance(e, HfExport)):
+        export_hf(loaded.model, loaded.tokenizer, plan, tmp / e.directory)
 
 
 def bias_notes(method: Any) -> tuple[str, ...]:
@@ -339,6 +345,7 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
                 from prunec.passes.methods.lock import write_lock
 
                 write_lock(tmp / "plan.lock.json", method)
+            write_hf_exports(spec, loaded, plan, tmp)
         t.stages["total"] = time.perf_counter() - start
         data_json = dataclasses.replace(report, timings=dict(t.stages)).to_json()
         write_json(tmp / "report.json", data_json)

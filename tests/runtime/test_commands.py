@@ -40,6 +40,7 @@ gates {
 }
 
 export onnx "model.onnx"
+export hf "hf"
 """
 
 
@@ -68,6 +69,7 @@ def test_build_eval_plan_run(workspace: Path, capsys: pytest.CaptureFixture[str]
     assert "per layer" in printed.out and "prunec: wrote" in printed.err
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["spec"]["name"] == "tiny"
+    assert (out / "hf" / "prunec-pruned.json").is_file()
 
     assert main(["eval", str(workspace / "tiny.prune"), "--artifact", str(out), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)["perplexity"]["heldout"]
