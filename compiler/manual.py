@@ -121,7 +121,7 @@ def _apply(lp: LayerPlan, action: PlanAction, shape: ModelShape,
 
 def _slot(action: PlanAction) -> str:
     if isinstance(action, RemoveBlock):
-        return action.block.value
+        return str(action.block.value)
     return "attn" if isinstance(action, KeepHeads) else "mlp"
 
 

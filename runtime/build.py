@@ -132,8 +132,8 @@ def output_dir(spec: Spec, spec_dir: Path, override: Path | None) -> Path:
     if override is not None:
         return override
     if spec.output:
-        return spec_dir / spec.output
-    return Path("build") / spec.name
+        return Path(spec_dir) / str(spec.output)
+    return Path("build") / str(spec.name)
 
 
 def failed_report_path(out: Path) -> Path:
@@ -167,8 +167,9 @@ def write_hf_exports(spec: Spec, loaded: Any, plan: Plan, tmp: Path) -> None:
 def bias_notes(method: Any) -> tuple[str, ...]:
     if method is None or not method.biases:
         return ()
-    return (f"the method computed output-bias compensation for {len(method.biases)} layers; "
-            "the graph compiler does not apply it yet (the ONNX model has no such biases)",)
+    note = (f"the method computed output-bias compensation for {len(method.biases)} layers; "
+            "the graph compiler does not apply it yet (the ONNX model has no such biases)")
+    return (note,)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -181,7 +182,7 @@ def write_json(path: Path, data: Any) -> None:
 # ----------------------------------------------------------------------- stages
 
 
-def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], ctx: "BuildContext") -> Any:
+def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], ctx: BuildContext) -> Any:
     """The plan (and the method's result, if a method ran); see the module docstring."""
     if spec.plan is not None:
         from prunec.compiler.manual import resolve_manual_plan
@@ -199,19 +200,19 @@ def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], ctx: "BuildContext"
     return result.plan, result
 
 
-def run_method(spec: Spec, loaded: Any, data: dict[str, Any], ctx: "BuildContext") -> Any:
+def run_method(spec: Spec, loaded: Any, data: dict[str, Any], ctx: BuildContext) -> Any:
     """Run ``prunec.passes.methods.compute_plan`` (or apply ``--lock``)."""
     import importlib
 
     assert spec.static is not None
     try:
-        methods = importlib.import_module("prunec.passes.methods")
-        lock_mod = importlib.import_module("prunec.passes.methods.lock")
+        methods: Any = importlib.import_module("prunec.passes.methods")
+        lock_mod: Any = importlib.import_module("prunec.passes.methods.lock")
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("prunec.passes.methods"):
             raise
         methods = lock_mod = None
-    if methods is None or not hasattr(methods, "compute_plan"):
+    if methods is None or lock_mod is None or not hasattr(methods, "compute_plan"):
         raise CompileError((Diagnostic.error(
             "P0409", f"static method {spec.static.method.value} is not implemented yet",
             spec.static.span),))
@@ -261,7 +262,7 @@ def load_data(spec: Spec, spec_dir: Path, tokenizer: Any) -> dict[str, Any]:
 
 
 def evaluate_all(names: tuple[str, ...], data: dict[str, Any], logits_fn: Any,
-                 ctx: "BuildContext", which: str) -> dict[str, Any]:
+                 ctx: BuildContext, which: str) -> dict[str, Any]:
     from prunec.runtime.evaluate import perplexity
 
     return {n: perplexity(logits_fn, data[n], ctx.options.batch_size, ctx.progress,
@@ -299,6 +300,15 @@ class BuildContext:
     compile_fn: CompileFn
     timings: Timings = field(default_factory=Timings)
 
+    @contextmanager
+    def busy(self, label: str) -> Iterator[None]:
+        """An indeterminate progress line for a stage that reports no progress itself."""
+        task = self.progress.add_task(label, total=None)
+        try:
+            yield
+        finally:
+            self.progress.remove_task(task)
+
 
 def build(spec: Spec, spec_dir: Path, options: BuildOptions = BuildOptions(),
           compile_fn: CompileFn = graph_compile) -> BuildResult:
@@ -324,7 +334,7 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
     from prunec.runtime.models import load_model
 
     spec, t = ctx.spec, ctx.timings
-    with t.stage("load_model"):
+    with t.stage("load_model"), ctx.busy("loading the model"):
         loaded = load_model(spec.model, ctx.spec_dir)
     with t.stage("load_data"):
         data = load_data(spec, ctx.spec_dir, loaded.tokenizer)
@@ -367,7 +377,7 @@ def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[st
 
     spec, t, export = ctx.spec, ctx.timings, onnx_settings(ctx.spec)
     onnx_path = tmp / export.file
-    with t.stage("compile"):
+    with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"):
         compiled = ctx.compile_fn(CompileJob(loaded.model, plan, loaded.shape, onnx_path,
                                              export.opset, spec.model.span))
     with t.stage("evaluate_pruned"):

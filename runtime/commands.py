@@ -165,10 +165,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from prunec.runtime import build as driver
     from prunec.runtime.report import render
+    from rich.console import Console
 
     spec = load_spec_or_raise(args.spec)
     options = driver.BuildOptions(args.output, args.quiet, args.lock, args.batch_size)
@@ -210,9 +209,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=1))
     else:
-        from rich.console import Console
-
         from prunec.runtime.report import render_perplexity
+        from rich.console import Console
 
         render_perplexity(data, Console())
     return 0
@@ -339,13 +337,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from prunec.runtime.build import BuildContext, BuildOptions, graph_compile, load_data
-    from prunec.runtime.build import make_plan
+    from prunec.runtime.build import BuildContext, BuildOptions, graph_compile, load_data, make_plan
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.models import load_model
     from prunec.runtime.report import render_plan
+    from rich.console import Console
 
     spec = load_spec_or_raise(args.spec)
     loaded = load_model(spec.model, args.spec.parent)
@@ -363,7 +359,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
-
     from prunec.runtime.session import open_session
 
     tokenizer = artifact_tokenizer(args.artifact)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from prunec.compiler.diagnostics import CompileError, Diagnostic
 from prunec.compiler.ir import DataFormat, DatasetDecl
 
@@ -99,7 +98,7 @@ def _read_jsonl(decl: DatasetDecl, path: Path) -> list[str]:
 
 def _read_hf_disk(decl: DatasetDecl, path: Path) -> list[str]:
     try:
-        import pyarrow.ipc as ipc
+        from pyarrow import ipc
     except ModuleNotFoundError as exc:
         raise _fail(decl, "P0401", "reading a `datasets` save_to_disk directory needs pyarrow",
                     "pip install pyarrow (or convert the data to JSONL)") from exc

@@ -28,9 +28,8 @@ def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path) -> None:
     """Write ``model`` pruned by ``plan`` to ``directory`` (``model`` itself is unchanged)."""
     import copy
 
-    from safetensors.torch import save_model
-
     from prunec.passes.reference import apply_plan_, shape_of
+    from safetensors.torch import save_model
 
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(directory))
@@ -45,13 +44,13 @@ def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path) -> None:
 def load_pruned_hf(directory: Path) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a directory written by ``export_hf``."""
     import torch
+    from prunec.passes.reference import apply_plan_, shape_of
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from prunec.passes.reference import apply_plan_, shape_of
-
     config = AutoConfig.from_pretrained(str(directory))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    build = AutoModelForCausalLM.from_config
+    model = build(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     plan = Plan.from_json(json.loads((directory / "plan.json").read_text()))
     apply_plan_(model, plan, shape_of(model))
     load_model(model, str(directory / "model.safetensors"), strict=True)

@@ -103,8 +103,8 @@ class BuildReport:
 
 def norm_params(shape: ModelShape, plan: Plan) -> int:
     """RMSNorm weights: one per kept block plus the final norm."""
-    blocks = sum((not lp.attn_removed) + (not lp.mlp_removed) for lp in plan.layers)
-    return shape.hidden * (blocks + 1)
+    blocks = sum(int(not lp.attn_removed) + int(not lp.mlp_removed) for lp in plan.layers)
+    return int(shape.hidden) * (blocks + 1)
 
 
 def params_json(shape: ModelShape, plan: Plan, onnx: tuple[int, int] | None) -> dict[str, Any]:

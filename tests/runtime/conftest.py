@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import buildkit
+import pytest
 
 
 @pytest.fixture(scope="session")

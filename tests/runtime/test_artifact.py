@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from prunec.runtime.artifact import (
     ArtifactDir,
     clean_stale,
@@ -49,10 +48,9 @@ def test_replace_keeps_old_until_new_is_in(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.mkdir()
     fill(target, "old")
-    with pytest.raises(RuntimeError):
-        with ArtifactDir(target) as tmp:
-            fill(tmp, "new")
-            raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError), ArtifactDir(target) as tmp:
+        fill(tmp, "new")
+        raise RuntimeError("build failed")
     assert (target / "report.json").read_text() == "old"
     art = ArtifactDir(target)
     with art as tmp:

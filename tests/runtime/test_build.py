@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import buildkit
+import pytest
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import ParamsGate, PerplexityGate
 from prunec.compiler.plan import Plan, param_count
@@ -121,8 +120,7 @@ def test_bad_manual_plan_is_a_diagnostic_before_any_work(tiny_dir: Path, tmp_pat
 
 def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
     """The spec's method runs through prunec.passes.methods (magnitude: no calibration)."""
-    from prunec.compiler.ir import StaticMethod, StaticPrune, Target
-    from prunec.compiler.ir import Scope
+    from prunec.compiler.ir import Scope, StaticMethod, StaticPrune, Target
     from prunec.runtime.build import BuildContext, graph_compile, load_data, make_plan
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.models import load_model

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 import buildkit
+import pytest
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
 from prunec.compiler.plan import Plan
 from prunec.runtime.cli import main

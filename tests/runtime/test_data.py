@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import buildkit
 import numpy as np
 import pytest
-
-import buildkit
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import DataFormat
 from prunec.runtime.data import load_dataset, sample_chunks, token_stream

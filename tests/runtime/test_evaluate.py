@@ -8,10 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import buildkit
 import pytest
 import torch
-
-import buildkit
 from prunec.compiler.plan import Plan
 from prunec.passes.reference import apply_plan_, shape_of
 from prunec.passes.tiny import tiny_llama

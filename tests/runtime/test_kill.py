@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import buildkit
+import pytest
 from prunec.runtime.artifact import clean_stale
 
 # (checkpoint to pause at, signal, expected exit status or None for "killed")

@@ -7,9 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
-
 import buildkit
+import pytest
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
 from prunec.runtime import models
