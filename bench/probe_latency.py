@@ -1,7 +1,7 @@
 """Runtime of the probe-gated ONNX against the dense ONNX on onnxruntime (CPU).
 
-Exports SmolLM2-135M-Instruct four ways with the same exporter (runtime/gated.py): dense
-(ratio 0: no gating ops), PP at 20% and 40%, and PP at 40% with ``probe_free`` scoring (H
+Exports SmolLM2-135M-Instruct three ways with the same exporter (runtime/gated.py): dense
+(ratio 0: no gating ops), PP at 40%, and PP at 40% with ``probe_free`` scoring (H
 alone, same TopK/Gather/MatMul) whose difference to PP-40% is the probe's cost. Every
 variant runs through ``GatedSession`` (IOBinding, H carried), default session options.
 Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
@@ -25,15 +25,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_quality import ROOT, dataset, demo_model, machine, policy  # noqa: E402
-from prunec.compiler.ir import ProbeMetric, ProbeMode  # noqa: E402
-from prunec.passes.probe import calibrate_history  # noqa: E402
-from prunec.runtime.data import load_dataset  # noqa: E402
-from prunec.runtime.gated import (GatedSession, check_static_gating,  # noqa: E402
-                                  export_gated_onnx)
+from probe_quality import ROOT, dataset, demo_model, machine, policy
+from prunec.compiler.ir import ProbeMetric, ProbeMode
+from prunec.passes.probe import calibrate_history
+from prunec.runtime.data import load_dataset
+from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
-VARIANTS = (("dense", 0.0, False), ("pp-20", 0.2, False), ("pp-40", 0.4, False),
-            ("pp-40-probe-free", 0.4, True))
+VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True))
 SHAPES = ((4, 128), (1, 512))
 
 

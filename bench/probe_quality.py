@@ -23,11 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from prunec.compiler.diagnostics import Span
-from prunec.compiler.ir import (DataFormat, DatasetDecl, DType, LayerSelector, ModelDecl,
-                                ModelSource, ProbeMetric, ProbeMode, ProbePolicy, ProbeTarget,
-                                SelectorKind)
+from prunec.compiler.ir import (
+    DataFormat,
+    DatasetDecl,
+    DType,
+    LayerSelector,
+    ModelDecl,
+    ModelSource,
+    ProbeMetric,
+    ProbeMode,
+    ProbePolicy,
+    ProbeTarget,
+    SelectorKind,
+)
 from prunec.passes.probe import ProbeRunner, calibrate_history
 from prunec.runtime.data import load_dataset
 from prunec.runtime.evaluate import perplexity, torch_logits

@@ -15,13 +15,12 @@ frozen dataclasses: an update returns a new ``History``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from prunec.compiler.ir import ModelShape, ProbePolicy
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
+from torch import nn
 
 DEFAULT_MAX_LEN = 512
 CALIB_BATCH = 8
@@ -39,13 +38,6 @@ class History:
     mlp: tuple[BlockHistory | None, ...]
     calib_len: int  # Tc: rows below come from calibration directly
     max_len: int
-
-    def with_sq(self, kind: str, layer: int, sq: torch.Tensor) -> "History":
-        blocks = list(getattr(self, kind))
-        old = blocks[layer]
-        assert old is not None
-        blocks[layer] = replace(old, sq=sq)
-        return replace(self, **{kind: tuple(blocks)})
 
 
 class _Accumulator:

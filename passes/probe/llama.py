@@ -13,16 +13,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import nn
-
 from prunec.compiler.ir import ModelShape, ProbeMetric, ProbeMode, ProbePolicy
-from prunec.passes.probe.history import History
+from prunec.passes.probe.history import BlockHistory, History
 from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
 from prunec.passes.probe.maths import as_fraction
-from prunec.passes.probe.model import (GatedAttention, GatedBlock, GatedMLP, ProbeSettings,
-                                       rms_norm)
+from prunec.passes.probe.model import GatedAttention, GatedBlock, GatedMLP, ProbeSettings, rms_norm
 from prunec.passes.probe.static import static_choice
 from prunec.passes.reference import decoder_layers
+from torch import nn
 
 
 class GatedLlama(nn.Module):
@@ -87,13 +85,13 @@ def _check_supported(model: nn.Module) -> None:
         raise ValueError("probe gating supports bias-free attention and MLP projections")
 
 
-def _static(policy: ProbePolicy, weight: torch.Tensor, stats: object, history: History,
-            unit: int, gate: BlockGate) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | None,
+            history: History, unit: int, gate: BlockGate
+            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     if gate.kind is not GateKind.STATIC:
         return None
     assert stats is not None
-    return static_choice(policy.metric, weight, stats, history.calib_len,  # type: ignore[arg-type]
-                         unit, gate.keep)
+    return static_choice(policy.metric, weight, stats, history.calib_len, unit, gate.keep)
 
 
 def _blocks(model: nn.Module, gates: tuple[LayerGate, ...], policy: ProbePolicy,

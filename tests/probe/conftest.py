@@ -6,10 +6,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
 from prunec.compiler.diagnostics import Span
-from prunec.compiler.ir import (LayerSelector, ProbeMetric, ProbeMode, ProbePolicy, ProbeTarget,
-                                SelectorKind)
+from prunec.compiler.ir import (
+    LayerSelector,
+    ProbeMetric,
+    ProbeMode,
+    ProbePolicy,
+    ProbeTarget,
+    SelectorKind,
+)
 
 SPAN = Span("test", 0, 0, 0, 0)
 PolicyFn = Callable[..., ProbePolicy]

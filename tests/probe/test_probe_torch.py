@@ -13,10 +13,9 @@ import math
 
 import pytest
 import torch
-
 from prunec.compiler.ir import ProbeMetric, ProbeMode, ProbeTarget
 from prunec.passes.probe import GateKind, ProbeRunner, calibrate_history, layer_gates
-from prunec.passes.reference import (apply_plan_, reference_logits, relative_error, shape_of)
+from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
 from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
 
 TOL = 1e-4
@@ -200,7 +199,7 @@ def test_static_baselines(model, calib_ids, make_policy, metric):  # type: ignor
     hist = _history(model, calib_ids, make_policy)
     policy = make_policy(0.5, metric=metric, targets=(ProbeTarget.MLP,), skip=ONLY_LAYER_2)
     runner = ProbeRunner(model, shape_of(model), policy, hist)
-    block = [b for b in runner.gated.blocks if b.gate.kind is GateKind.STATIC][0]
+    block = next(b for b in runner.gated.blocks if b.gate.kind is GateKind.STATIC)
     stats, w = hist.mlp[LAYER], model.model.layers[LAYER].mlp.down_proj.weight.double()
     e2 = stats.sq[:24].double().mean(0)
     if metric is ProbeMetric.WANDA_SP:
