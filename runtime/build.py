@@ -55,6 +55,9 @@ class CompileJob:
     path: Path
     opset: int
     span: Span  # the spec's model line, for diagnostics about the model
+    probe: Any = None  # ProbePolicy when the ONNX graph carries probe gating
+    history_data: Any = None  # LongTensor [N, T]: initialises the probe history H
+    max_len: int = 0  # longest sequence the gated graph must support
 
 
 CompileFn = Callable[[CompileJob], dict[str, Any]]
@@ -107,6 +110,24 @@ def graph_compile(job: CompileJob) -> dict[str, Any]:
     return {"passes": _jsonable(pass_report), "export": export}
 
 
+def gated_compile(job: CompileJob) -> dict[str, Any]:
+    """Probe gating: the static plan applied to the module (``passes.reference``), H
+    calibrated on the history dataset, then ``runtime.gated.export_gated_onnx``."""
+    import copy
+
+    from prunec.passes.probe import calibrate_history
+    from prunec.passes.reference import apply_plan_
+    from prunec.runtime.gated import export_gated_onnx
+
+    model = job.model
+    if job.plan != Plan.dense(job.shape, job.plan.method):
+        model = apply_plan_(copy.deepcopy(job.model), job.plan, job.shape)
+    history = calibrate_history(model, job.shape, job.probe, job.history_data, job.max_len)
+    info = export_gated_onnx(model, job.shape, job.probe, history, job.path, opset=job.opset)
+    gated = {k: v for k, v in _jsonable(info).items() if not k.endswith("_path")}
+    return {"gated": gated}
+
+
 def _jsonable(obj: Any) -> Any:
     """JSON data of a pass report / export info (``to_json()`` if it has one; modules and
     other non-data values become their type name, never their full repr)."""
@@ -148,11 +169,24 @@ def onnx_settings(spec: Spec) -> OnnxExport:
 def unsupported(spec: Spec) -> list[Diagnostic]:
     """Spec features this build cannot honour yet (errors on their spans)."""
     out = []
-    if spec.probe is not None:
+    if spec.probe is not None and history_dataset(spec) is None:
         out.append(Diagnostic.error(
-            "P0408", "dynamic probe pruning is not wired into `prunec build` yet",
-            spec.probe.span, "remove the probe block to build the static part"))
+            "P0408", "the probe policy needs a dataset to initialise its history",
+            spec.probe.span, "set `history = <dataset>` (or a static method's `score`)"))
     return out
+
+
+def history_dataset(spec: Spec) -> str | None:
+    """The dataset that initialises the probe history: ``history``, else the static score."""
+    if spec.probe is None:
+        return None
+    if spec.probe.history_dataset:
+        return str(spec.probe.history_dataset)
+    return str(spec.static.score_dataset) if spec.static and spec.static.score_dataset else None
+
+
+def gated(spec: Spec) -> bool:
+    return spec.probe is not None and onnx_settings(spec).gating
 
 
 def write_hf_exports(spec: Spec, loaded: Any, plan: Plan, tmp: Path) -> None:
@@ -249,8 +283,7 @@ def method_json(result: Any) -> dict[str, Any]:
 
 def needed_datasets(spec: Spec) -> tuple[str, ...]:
     names = list(spec.eval_datasets())
-    extra = [spec.static.score_dataset if spec.static else None,
-             spec.probe.history_dataset if spec.probe else None]
+    extra = [spec.static.score_dataset if spec.static else None, history_dataset(spec)]
     names += [n for n in extra if n and n not in names]
     return tuple(names)
 
@@ -262,11 +295,17 @@ def load_data(spec: Spec, spec_dir: Path, tokenizer: Any) -> dict[str, Any]:
 
 
 def evaluate_all(names: tuple[str, ...], data: dict[str, Any], logits_fn: Any,
-                 ctx: BuildContext, which: str) -> dict[str, Any]:
+                 ctx: BuildContext, which: str, reset: Any = None) -> dict[str, Any]:
+    """Perplexity per dataset; ``reset()`` (if given) runs before each dataset."""
     from prunec.runtime.evaluate import perplexity
 
-    return {n: perplexity(logits_fn, data[n], ctx.options.batch_size, ctx.progress,
-                          f"{which} perplexity on {n}") for n in names}
+    results = {}
+    for n in names:
+        if reset is not None:
+            reset()
+        results[n] = perplexity(logits_fn, data[n], ctx.options.batch_size, ctx.progress,
+                                f"{which} perplexity on {n}")
+    return results
 
 
 def onnx_counts(path: Path) -> tuple[int, int]:
@@ -369,21 +408,48 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
     return BuildResult(data_json, out, None)
 
 
+def pruned_runner(spec: Spec, onnx_path: Path, export: OnnxExport) -> tuple[Any, Any, Any]:
+    """(OrtSession, logits_fn, reset_fn) for the artifact. A gated artifact carries H
+    across batches; ``reset_fn`` restores the shipped initial H (before each dataset)."""
+    from prunec.runtime.evaluate import onnx_logits
+    from prunec.runtime.session import (
+        OrtSession,
+        available_providers,
+        choose_providers,
+        open_session,
+    )
+
+    if not gated(spec):
+        session = open_session(onnx_path, export.providers)
+        return session, onnx_logits(session.session), None
+    import torch
+    from prunec.runtime.gated import GatedSession
+
+    requested = tuple(p.ort_name for p in export.providers)
+    chosen, notes = choose_providers(requested, available_providers())
+    runner = GatedSession(onnx_path, providers=list(chosen))
+
+    def run(batch: Any) -> Any:
+        return torch.from_numpy(runner.run(batch.numpy()))
+
+    used = tuple(runner.session.get_providers())
+    return OrtSession(runner.session, requested, used, notes), run, runner.reset
+
+
 def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
                        dense: dict[str, Any], tmp: Path) -> BuildReport:
     from prunec.compiler.plan import param_count
-    from prunec.runtime.evaluate import onnx_logits
-    from prunec.runtime.session import open_session
 
     spec, t, export = ctx.spec, ctx.timings, onnx_settings(ctx.spec)
     onnx_path = tmp / export.file
+    job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
+                     spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
+                     max((int(v.shape[1]) for v in data.values()), default=0))
     with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"):
-        compiled = ctx.compile_fn(CompileJob(loaded.model, plan, loaded.shape, onnx_path,
-                                             export.opset, spec.model.span))
+        compiled = (gated_compile if gated(spec) else ctx.compile_fn)(job)
     with t.stage("evaluate_pruned"):
-        session = open_session(onnx_path, export.providers)
-        pruned = evaluate_all(spec.eval_datasets(), data, onnx_logits(session.session), ctx,
-                              "pruned")
+        session, logits_fn, reset = pruned_runner(spec, onnx_path, export)
+        pruned = evaluate_all(spec.eval_datasets(), data, logits_fn, ctx, "pruned", reset)
     results = {n: DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]), dense[n],
                                 pruned[n]) for n in spec.eval_datasets()}
     seq_lens = [int(data[n].shape[1]) for n in spec.eval_datasets()]

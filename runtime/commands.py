@@ -1,4 +1,4 @@
-"""CLI commands of the runtime: ``build``, ``eval``, ``plan``, ``run``.
+"""CLI commands of the runtime: ``build``, ``eval``, ``plan``, ``generate`` (and ``run``).
 
   prunec build SPEC [-o DIR] [-q] [--json] [--lock FILE] [--batch-size N]
       build the artifact (see ``prunec.runtime.build``); exit 0, or 1 when the spec has
@@ -12,8 +12,10 @@
   prunec plan show SPEC [--json] [--lock FILE]
       the static plan the spec resolves to (manual plan or method), without exporting.
   prunec plan diff A B   (from ``prunec.runtime.plan_commands``) two plans side by side.
-  prunec run ARTIFACT_DIR PROMPT [--max-new-tokens N]
-      greedy generation with the artifact on ONNX Runtime (no KV cache: for trying it out).
+  prunec generate ARTIFACT_DIR PROMPT [--max-new-tokens N]
+      greedy generation with a static artifact on ONNX Runtime (no KV cache: a quick look).
+  prunec run ARTIFACT --data FILE   (``prunec.runtime.probe_commands``) a gated artifact on
+      data, carrying the probe history H from batch to batch.
 All take ``-q/--quiet`` (no progress bars) and ``--batch-size``. This module imports no torch
 at import time: handlers import what they need.
 """
@@ -42,7 +44,12 @@ def register(sub: Any) -> None:
     _register_build(sub)
     _register_eval(sub)
     _register_plan(sub)
-    _register_run(sub)
+    _register_generate(sub)
+    try:  # ``prunec run ARTIFACT --data FILE``: gated artifacts, H carried across batches
+        from prunec.runtime.probe_commands import register_probe_commands
+    except ModuleNotFoundError:
+        return
+    register_probe_commands(sub)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -108,12 +115,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _register_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="generate text with an artifact (greedy, ONNX Runtime)")
+def _register_generate(sub: Any) -> None:
+    p = sub.add_parser("generate", help="generate text with a static artifact (greedy, ONNX "
+                       "Runtime)")
     p.add_argument("artifact", type=Path)
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.set_defaults(handler=cmd_run)
+    p.set_defaults(handler=cmd_generate)
 
 
 # ------------------------------------------------------------------- helpers
@@ -329,7 +337,7 @@ def data_decl(args: argparse.Namespace, where: Span) -> Any:
                        args.samples, args.seq_len, args.seed, cut, where)
 
 
-# ------------------------------------------------------------------ plan, run
+# ------------------------------------------------------------- plan, generate
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -357,7 +365,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
     from prunec.runtime.session import open_session
 

@@ -1,4 +1,4 @@
-"""runtime.commands: the CLI (build, eval, plan show, run) on a tiny model and a real spec."""
+"""runtime.commands: the CLI (build, eval, plan show, generate) on a tiny model and a spec."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_commands_module_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_build_eval_plan_run(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_eval_plan_generate(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = workspace / "art"
     assert main(["build", str(workspace / "tiny.prune"), "-o", str(out)]) == 0
     printed = capsys.readouterr()
@@ -86,7 +86,7 @@ def test_build_eval_plan_run(workspace: Path, capsys: pytest.CaptureFixture[str]
     shown = json.loads(capsys.readouterr().out)
     assert shown == json.loads((out / "plan.json").read_text())
 
-    assert main(["run", str(out), "In the beginning", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", str(out), "In the beginning", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("In the beginning")
 
 
