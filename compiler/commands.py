@@ -9,6 +9,7 @@ stdout. Importing this module imports no torch, and neither does running these c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("explain", help="explain what building a spec would do",
                               description=EXPLAIN_HELP, formatter_class=fmt_class)
     p.add_argument("spec", metavar="SPEC", help="the spec file to explain")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="sentences and a table (default) or JSON on stdout")
     p.set_defaults(handler=run_explain)
 
 
@@ -154,5 +157,10 @@ def run_explain(args: argparse.Namespace) -> int:
     except ShapeProblem as p:
         print_diagnostics([Diagnostic.error(p.code, p.message, spec.model.span, p.hint)])
         return 1
-    print_explanation(explain(spec, shape, spec_dir))
+    exp = explain(spec, shape, spec_dir)
+    if args.format == "json":
+        print(json.dumps({"steps": list(exp.steps), "rows": [vars(r) for r in exp.rows]},
+                         indent=2))
+    else:
+        print_explanation(exp)
     return 0

@@ -27,6 +27,9 @@ def test_fmt_check_all_specs_clean() -> None:
 def test_explain_a_spec(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", SPECS[0]]) == 0
     assert "parameters" in capsys.readouterr().out
+    assert main(["explain", "--format", "json", SPECS[0]]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["steps"] and {"section", "setting", "value"} <= set(data["rows"][0])
 
 
 def _hostile(tmp_path: Path) -> dict[str, tuple[Path, str]]:
