@@ -52,7 +52,7 @@ def run(lm: Any, calib: torch.Tensor, stage: str, mode: str, steps: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--calib", default="4x64")
+    p.add_argument("--calib", default="2x64")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--mlp-step", type=int, default=384)
     p.add_argument("--threads", type=int, default=1)

@@ -31,12 +31,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.1, 0.3])
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "flap",
                                                      "multipruner", "blockpruner"])
-    p.add_argument("--calib", default="4x64", help="samples x seq_len for calibration")
+    p.add_argument("--calib", default="2x64", help="samples x seq_len for calibration")
     p.add_argument("--eval", default="16x128", help="samples x seq_len held out")
     p.add_argument("--mlp-step", type=int, default=384)
     p.add_argument("--distribution", default="30:70:0")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for this process (1 is fastest on a busy 2-core box)")
+    p.add_argument("--seed-blocks-from", default=None,
+                   help="a running BlockPruner bench's resume file: MultiPruner's blocks stage "
+                        "is that greedy path's prefix, so it is read from there, not re-run")
+    p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     p.add_argument("--out", default="bench/results/search_quality.json")
     return p.parse_args()
 
@@ -65,12 +69,16 @@ def main() -> None:
         write_json(out, report)
         print(json.dumps(row), flush=True)
 
-    record("dense", 0.0, None)
+    if not args.skip_dense:
+        record("dense", 0.0, None)
     for method in args.methods:
         if method == "blockpruner":
             blockpruner_snapshots(lm, calib, sorted(args.ratios), args, record)
             continue
         for ratio in args.ratios:
+            if method == "multipruner" and args.seed_blocks_from:
+                record(method, ratio, seeded_multipruner(lm, calib, ratio, args, dist))
+                continue
             st = static(StaticMethod(method), ratio, args.mlp_step, dist)
             record(method, ratio, compute_plan(st, lm.model, lm.shape, calib,
                                                MethodOptions(progress=log_step)))
@@ -100,6 +108,47 @@ def blockpruner_snapshots(lm: Any, calib: torch.Tensor, ratios: list[float],
     st = static(StaticMethod.BLOCKPRUNER, max(ratios), args.mlp_step)
     compute_plan(st, lm.model, lm.shape, calib,
                  MethodOptions(resume_path=str(resume), on_step=on_step, progress=log_step))
+
+
+def seeded_multipruner(lm: Any, calib: torch.Tensor, ratio: float, args: argparse.Namespace,
+                       dist: tuple[float, ...]) -> MethodResult:
+    """MultiPruner whose blocks stage is copied from a BlockPruner run on the same data.
+
+    Both score the same block candidates on the same committed plans, so MultiPruner's
+    blocks stage (until d0 * goal is removed) IS BlockPruner's path up to that point; the
+    search resumes from there with its MLP and head stages. Counters cover those stages."""
+    from prunec.passes.methods import lock, resume
+    from prunec.passes.methods.search import SearchState
+
+    st = static(StaticMethod.MULTIPRUNER, ratio, args.mlp_step, dist)
+    need = dist[0] * (budget.params_goal(st, lm.shape) or 0)
+    plan, traj, dense = wait_for_prefix(Path(args.seed_blocks_from), lm.shape, need)
+    hashes = lock.current_hashes(st, lm.model, calib, MethodOptions())
+    path = Path(args.out).with_suffix(f".mp{ratio}-resume.json")
+    resume.save(str(path), resume.fingerprint(st, hashes, "fast"),
+                SearchState(plan, traj, dense))
+    return compute_plan(st, lm.model, lm.shape, calib,
+                        MethodOptions(resume_path=str(path), progress=log_step))
+
+
+def wait_for_prefix(path: Path, shape: Any, need: float) -> tuple[Plan, list[Any], float]:
+    from dataclasses import replace
+
+    from prunec.passes.methods.types import StepScore
+
+    while True:
+        if path.exists():
+            state = json.loads(path.read_text())
+            plan = Plan.dense(shape, "multipruner")
+            for d in Plan.from_json(state["plan"]).decisions:
+                if budget.removed_params(shape, plan) >= need - 1e-9:
+                    traj = [StepScore(**t) for t in state["trajectory"][:len(plan.decisions)]]
+                    return plan, traj, state["dense_score"]
+                lp = plan.layers[d.layer]
+                lp = replace(lp, attn_removed=True) if d.action == "remove attn" \
+                    else replace(lp, mlp_removed=True)
+                plan = plan.with_layer(lp).with_decision(d)
+        time.sleep(30)
 
 
 def log_step(event: Any) -> None:
