@@ -29,6 +29,7 @@ CODES: dict[str, str] = {
     "P0016": "malformed list",
     "P0017": "expected a name (a block label or dataset name)",
     "P0018": "unexpected token after a value (a missing comma, a second value)",
+    "P0019": "a block is still open where the next top-level item starts",
     # lowering: structure, keys and value types
     "P0101": "unknown key in a block",
     "P0102": "a key is given twice in one block",

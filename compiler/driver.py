@@ -18,7 +18,7 @@ from prunec.compiler.diagnostics import Diagnostic, Severity, Span
 from prunec.compiler.ir import ModelShape, Spec
 from prunec.compiler.lower import Lower
 from prunec.compiler.shape import ShapeProblem, model_shape
-from prunec.grammar.parser import SyntaxProblem, parse
+from prunec.grammar.parser import SyntaxProblem, parse_all
 
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -93,10 +93,9 @@ def _binary(data: bytes, offset: int, filename: str) -> Diagnostic:
 
 
 def _front_end(text: str, filename: str) -> tuple[Spec | None, list[Diagnostic]]:
-    try:
-        tree = parse(text)
-    except SyntaxProblem as p:
-        return None, [syntax_diagnostic(p, filename)]
+    tree, problems = parse_all(text)
+    if tree is None:
+        return None, [syntax_diagnostic(p, filename) for p in problems]
     lower = Lower(filename)
     spec: Spec = lower.transform(tree)
     diags = list(lower.sink)

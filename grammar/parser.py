@@ -74,6 +74,47 @@ def parse(text: str) -> Tree[Token]:
         raise SyntaxProblem("P0010", f"syntax error: {exc}", 1, 1, 2) from None
 
 
+MAX_PROBLEMS = 10
+_ITEM_START = re.compile(r"(?:model|dataset|prune|plan|probe|gates|export)\b|[A-Za-z_][\w-]*\s*=")
+
+
+def parse_all(text: str) -> tuple[Tree[Token] | None, list[SyntaxProblem]]:
+    """The tree, or up to ``MAX_PROBLEMS`` syntax problems, one per faulty top-level item.
+
+    Recovery: after an error, the top-level item holding it (from the last line that starts
+    an item at column 1 up to the next one) is blanked out — positions elsewhere are kept —
+    and the rest is parsed again. An error on the first token of an item blames the item
+    before it (an unclosed block). An error at the end of the file ends the search."""
+    problems: list[SyntaxProblem] = []
+    while len(problems) < MAX_PROBLEMS:
+        try:
+            tree = parse(text)
+        except SyntaxProblem as p:
+            problems.append(p)
+            text = _blank_item(text, p)
+            if not text:
+                break
+        else:
+            return (None, problems) if problems else (tree, [])
+    return None, problems
+
+
+def _blank_item(text: str, p: SyntaxProblem) -> str:
+    """``text`` with the item holding ``p`` replaced by spaces; '' when nothing is left."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if _ITEM_START.match(line)]
+    err = p.line - 1
+    before = [i for i in starts if i < err or (i == err and p.col > 1)]
+    after = [i for i in starts if i > err or (i == err and p.col == 1)]
+    if p.code == "P0005" or not after:
+        return ""
+    lo, hi = (before[-1] if before else 0), after[0]
+    if hi <= lo:
+        return ""
+    blanked = [re.sub(r"[^\s]", " ", line) for line in lines[lo:hi]]
+    return "\n".join(lines[:lo] + blanked + lines[hi:])
+
+
 _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|(#|//)[^\n]*')
 
 
@@ -190,9 +231,14 @@ def _problem(exc: UnexpectedInput, text: str) -> SyntaxProblem:
     if isinstance(exc, UnexpectedEOF) or _is_eof(exc):
         return SyntaxProblem("P0005", "unexpected end of file", line, col, col + 1,
                              _unclosed(text))
+    token = exc.token if isinstance(exc, UnexpectedToken) else None
+    if token is not None and col == 1 and _ITEM_START.match(str(token) + " "):
+        pos = exc.pos_in_stream or 0
+        return SyntaxProblem("P0019", f"a block is still open where {_show(str(token))} "
+                             "starts a new item", line, col, col + len(str(token)),
+                             _unclosed(text[:pos]) + "; close it with '}'")
     code = _match(exc, text)
     message, hint, _ = ERROR_EXAMPLES.get(code, ("syntax error", None, ()))
-    token = exc.token if isinstance(exc, UnexpectedToken) else None
     width = max(len(str(token)), 1) if token is not None else 1
     found = f" (found {_show(str(token))})" if token is not None else ""
     return SyntaxProblem(code, message + found, line, col, col + width, hint)

@@ -65,3 +65,22 @@ def test_comments_skip_strings_and_keep_positions() -> None:
 def test_keywords_are_names_where_no_keyword_fits() -> None:
     tree = parse('model demo\ndataset plan text "x.txt"\n')
     assert str(tree.children[1].children[0]) == "plan"
+
+
+def test_one_error_per_faulty_item() -> None:
+    from prunec.grammar.parser import parse_all
+
+    text = ("model demo\nprobe {\n  ratio 40%\n}\nprune magnitude {\n  target = 20%\n"
+            'dataset b text "y"\ngates { params <= }\n')
+    tree, problems = parse_all(text)
+    assert tree is None
+    assert [(p.code, p.line, p.col) for p in problems] == [
+        ("P0007", 3, 9), ("P0019", 7, 1), ("P0014", 8, 19)]
+    assert "line 5" in (problems[1].hint or "")
+
+
+def test_recovery_is_bounded() -> None:
+    from prunec.grammar.parser import MAX_PROBLEMS, parse_all
+
+    _, problems = parse_all("model demo\n" + "name = = 1\n" * 50)
+    assert len(problems) == MAX_PROBLEMS
