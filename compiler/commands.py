@@ -16,7 +16,7 @@ from typing import Any
 
 from prunec.compiler.diagnostics import Diagnostic, Severity, Span
 from prunec.compiler.driver import check_source, read_source, syntax_diagnostic
-from prunec.grammar.parser import SyntaxProblem
+from prunec.grammar.parser import SyntaxProblem, parse_all
 
 CHECK_HELP = """\
 Parse and check .prune specs against the language and the model's config (never its
@@ -120,7 +120,8 @@ def _fmt_one(path: str, check_only: bool) -> int:
     try:
         new = format_source(text)
     except SyntaxProblem as p:
-        print_diagnostics([syntax_diagnostic(p, path)], sources={path: text})
+        problems = parse_all(text)[1] or [p]
+        print_diagnostics([syntax_diagnostic(q, path) for q in problems], sources={path: text})
         return 1
     except RecursionError:
         print_diagnostics([Diagnostic.error("P0003", "the spec is nested too deeply",
