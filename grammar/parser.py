@@ -2,8 +2,10 @@
 
 Owns the one LALR parser of ``prune.lark`` (built once per process and cached on disk by
 Lark), the comment scanner used by the formatter, and the mapping of parse failures to
-named errors (Lark's ``match_examples``: each code below lists snippets that fail in the
-same parser state as the user's input). Invariants:
+named errors (the idea of Lark's ``match_examples``: each code below lists snippets that
+fail in the same LALR state as the user's input; matched on the state number so the
+answer does not depend on what precedes the error). ``parse_all`` recovers item by item
+to report up to ``MAX_PROBLEMS`` errors in one run. Invariants:
 - ``parse`` either returns a tree or raises ``SyntaxProblem``; never another exception
   for any ``str`` input (Lark's own errors are translated here);
 - line/col are 1-based, end columns exclusive (Lark's ``propagate_positions``);
