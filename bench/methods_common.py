@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     DataFormat,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from methods_common import load_demo, machine, perplexity, static, tokens, write_json
 from prunec.compiler.ir import StaticMethod
 from prunec.compiler.plan import Plan

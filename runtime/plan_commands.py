@@ -47,7 +47,7 @@ def load_plan(path: str | Path) -> Plan:
         p = next((p / n for n in PLAN_FILES if (p / n).is_file()), p / PLAN_FILES[0])
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-        return Plan.from_json(data["plan"] if "plan" in data else data)
+        return Plan.from_json(data.get("plan", data))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CompileError((Diagnostic.error(
             "P0704", f"cannot read a plan from {path}: {exc}", Span.unknown(str(p)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,8 +94,8 @@ def render_html(result: Any, shape: ModelShape, png: bytes) -> str:
     plan, s = result.plan, result.stats
     dense = param_count(shape, Plan.dense(shape))
     kept = param_count(shape, plan)
-    summary = [("method", plan.method), ("parameters", f"{kept:,} of {dense:,} "
-               f"({1 - kept / dense:.1%} removed)"),
+    share = f"{kept:,} of {dense:,} ({1 - kept / dense:.1%} removed)"
+    summary = [("method", plan.method), ("parameters", share),
                ("dense calibration perplexity", _num(s.dense_score)),
                ("final calibration perplexity", _num(s.trajectory[-1].score if s.trajectory
                                                      else None)),
@@ -103,8 +103,8 @@ def render_html(result: Any, shape: ModelShape, png: bytes) -> str:
                ("layer-forwards", f"{s.layer_forwards:.1f}"), ("wall time", f"{s.wall_s:.1f} s"),
                ("from lock", str(getattr(result, "from_lock", False)))]
     parts = ["<!doctype html><meta charset='utf-8'><title>prunec plan report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>",
+             ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>"),
              f"<h1>Plan report: {html.escape(plan.method)}</h1>",
              _table(("", ""), summary),
              f"<p><img alt='plan' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
@@ -117,7 +117,7 @@ def render_html(result: Any, shape: ModelShape, png: bytes) -> str:
 
 
 def _layer_rows(plan: Plan, shape: ModelShape) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for lp in plan.layers:
         attn = "removed" if lp.attn_removed else (
             f"{len(lp.kept_heads or range(shape.n_heads))}/{shape.n_heads} heads")
@@ -127,7 +127,7 @@ def _layer_rows(plan: Plan, shape: ModelShape) -> list[tuple[str, ...]]:
     return rows
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
                    for r in rows)

@@ -29,9 +29,8 @@ from prunec.passes.methods.types import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
-
     from prunec.compiler.ir import ModelShape, StaticPrune
+    from torch import nn
 
 __all__ = [
     "LayerBias",
@@ -44,13 +43,14 @@ __all__ = [
 ]
 
 
-def compute_plan(static: "StaticPrune", model: "nn.Module", shape: "ModelShape",
-                 calib: "torch.Tensor | None", options: MethodOptions = MethodOptions()
+def compute_plan(static: StaticPrune, model: nn.Module, shape: ModelShape,
+                 calib: torch.Tensor | None, options: MethodOptions | None = None
                  ) -> MethodResult:
     """The static plan for ``static`` on ``model``: from the lock if given, else computed."""
     from prunec.compiler.ir import StaticMethod
     from prunec.passes.methods import lock as locks
 
+    options = options or MethodOptions()
     hashes = locks.current_hashes(static, model, calib, options)
     if options.lock is not None:
         return locks.apply_lock(static, options.lock, hashes)

@@ -48,7 +48,7 @@ def spec_hash(spec: Spec) -> str:
     return _sha(("\n".join(parts)).encode())
 
 
-def model_hash(model: "nn.Module") -> str:
+def model_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
@@ -57,14 +57,14 @@ def model_hash(model: "nn.Module") -> str:
     return h.hexdigest()
 
 
-def calib_hash(calib: "torch.Tensor | None") -> str:
+def calib_hash(calib: torch.Tensor | None) -> str:
     if calib is None:
         return "none"
     t = calib.detach().to(dtype=_long()).contiguous().cpu()
     return _sha(f"{tuple(t.shape)}".encode() + t.numpy().tobytes())
 
 
-def current_hashes(static: StaticPrune, model: "nn.Module", calib: "torch.Tensor | None",
+def current_hashes(static: StaticPrune, model: nn.Module, calib: torch.Tensor | None,
                    options: MethodOptions) -> dict[str, str]:
     spec = options.spec_hash or _sha(repr(strip_spans(static)).encode())
     return {"spec": spec, "model": model_hash(model), "calib": calib_hash(calib)}
@@ -148,7 +148,7 @@ def _bias_json(b: LayerBias) -> dict[str, list[float] | None]:
 def _bias_from_json(d: Mapping[str, Any]) -> LayerBias:
     import torch
 
-    def conv(v: Any) -> "torch.Tensor | None":
+    def conv(v: Any) -> torch.Tensor | None:
         return None if v is None else torch.tensor(v, dtype=torch.float32)
 
     return LayerBias(conv(d.get("mlp")), conv(d.get("attn")))

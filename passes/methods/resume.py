@@ -33,7 +33,7 @@ def fingerprint(static: StaticPrune, hashes: Mapping[str, str], mode: str) -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save(path: str | None, key: str, state: "SearchState") -> None:
+def save(path: str | None, key: str, state: SearchState) -> None:
     if path is None:
         return
     data = {
@@ -45,7 +45,7 @@ def save(path: str | None, key: str, state: "SearchState") -> None:
     write_atomic(Path(path), json.dumps(data, indent=1, sort_keys=True))
 
 
-def load(path: str | None, key: str, static: StaticPrune) -> "SearchState | None":
+def load(path: str | None, key: str, static: StaticPrune) -> SearchState | None:
     """The saved state, None when there is no file yet; P0705 when it belongs elsewhere."""
     from prunec.passes.methods.search import SearchState
 

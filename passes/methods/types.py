@@ -77,8 +77,8 @@ class SearchStats:
 class LayerBias:
     """Output biases to ADD after pruning: to down_proj (``mlp``) and o_proj (``attn``)."""
 
-    mlp: "torch.Tensor | None" = None
-    attn: "torch.Tensor | None" = None
+    mlp: torch.Tensor | None = None
+    attn: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class MethodResult:
     hashes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     from_lock: bool = False
 
-    def with_hashes(self, hashes: Mapping[str, str]) -> "MethodResult":
+    def with_hashes(self, hashes: Mapping[str, str]) -> MethodResult:
         return replace(self, hashes=MappingProxyType(dict(hashes)))
 
 

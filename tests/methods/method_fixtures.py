@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     Distribution,

@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from method_fixtures import SPAN, make_static
 from prunec.compiler.diagnostics import Span
-from prunec.compiler.ir import DType, LayerSelector, ModelDecl, ModelSource, SelectorKind
-from prunec.compiler.ir import StaticMethod
+from prunec.compiler.ir import (
+    DType,
+    LayerSelector,
+    ModelDecl,
+    ModelSource,
+    SelectorKind,
+    StaticMethod,
+)
 from prunec.compiler.plan import LayerPlan, Plan
 from prunec.passes.methods import budget, compute_plan
 from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
-
-from method_fixtures import SPAN, make_static
 
 pytestmark = pytest.mark.slow
 SPECS = Path(__file__).resolve().parents[2] / "specs"

@@ -8,17 +8,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
+from method_fixtures import SPAN, calib_tokens, make_static
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import SMOLLM2_135M, LayerSelector, Scope, SelectorKind, StaticMethod
-from prunec.compiler.plan import param_count
-from prunec.passes.methods import MethodOptions, compute_plan
-from prunec.passes.methods import budget
+from prunec.passes.methods import MethodOptions, budget, compute_plan
 from prunec.passes.methods.oneshot import keep_heads_balanced, target_widths, widths_plan
 from prunec.passes.reference import apply_output_biases_, apply_plan_, decoder_layers, shape_of
 from prunec.passes.tiny import tiny_llama
 
-from method_fixtures import SPAN, calib_tokens, make_static
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:

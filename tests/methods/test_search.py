@@ -6,13 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-
+from method_fixtures import SPAN, calib_tokens, make_static
 from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod
 from prunec.passes.methods import MethodOptions, budget, compute_plan
 from prunec.passes.reference import shape_of
 from prunec.passes.tiny import TinyConfig, tiny_llama
-
-from method_fixtures import SPAN, calib_tokens, make_static
 
 CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 
