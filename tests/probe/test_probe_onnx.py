@@ -129,3 +129,21 @@ def test_smollm2_gated_onnx_matches_eager(tmp_path):  # type: ignore[no-untyped-
     want = {"attn": 5, "mlp": 768}
     assert info.keep == {f"history.{i}.{k}": n for i in (3, 4) for k, n in want.items()}
     _compare(info, runner, ((4, 32), (2, 64), (3, 17)), vocab=49152)
+
+
+def test_prunec_run_command(plain, tmp_path, capsys):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from prunec.runtime.probe_commands import register_probe_commands
+
+    info, _ = plain
+    parser = argparse.ArgumentParser()
+    register_probe_commands(parser.add_subparsers())
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 160, (6, 12)))
+    args = parser.parse_args(["run", str(Path(info.onnx_path).parent), "--data", str(data),
+                              "--batch", "4"])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "on 6 sequences x 12 tokens" in out
+    assert "provider CPUExecutionProvider; H carried across 2 batches" in out
