@@ -13,8 +13,9 @@ the same machine load; medians are reported. The bound is the FLOPs ratio
 efficiency = measured speedup / bound (goal: >= 0.9). Prints a table and writes
 ``bench/results/static_latency.json`` with the machine noted.
 
-Run: ``python bench/static_latency.py [--reps 7] [--workdir DIR]`` (a few minutes: four
-ONNX exports, then the timed runs).
+Run: ``python bench/static_latency.py [--reps 7] [--workdir DIR] [--reuse]`` (four ONNX
+exports, then the timed runs; with ``--reuse`` the exports already in DIR are kept). The
+``build_seconds`` in the JSON time each export stage, ``load_average_*`` the machine load.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from prunec.runtime.export import export_onnx
 TARGETS = (0.10, 0.20, 0.30)
 INPUTS = ((1, 512), (4, 128))
 RESULTS = Path(__file__).parent / "results" / "static_latency.json"
+REUSE = False  # set by --reuse
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,12 @@ def plan_for(shape: ModelShape, order: list[list[int]], target: float) -> tuple[
     return width_plan(shape, order, kept), kept
 
 
-def export(gm: torch.fx.GraphModule, plan: Plan, shape: ModelShape, path: Path
+def export(gm: torch.fx.GraphModule | None, plan: Plan, shape: ModelShape, path: Path
            ) -> tuple[Path, dict[str, float]]:
-    """Passes, re-export and ONNX export of one plan, with the seconds of each stage."""
+    """Passes, re-export and ONNX export of one plan, with the seconds of each stage
+    (``--reuse``: an existing file from an earlier run with the same plan is kept)."""
+    if gm is None or (REUSE and path.exists()):
+        return path, {}
     t0 = time.perf_counter()
     pruned, _ = run_pipeline(copy.deepcopy(gm), plan, shape)
     t1 = time.perf_counter()
@@ -181,20 +186,22 @@ def run(reps: int, workdir: Path) -> dict[str, Any]:
     model, shape = load_demo()
     build = {"load_s": time.perf_counter() - start}
     order = channel_order(model)
+    paths = [workdir / "dense.onnx"] + [workdir / f"pruned-{round(t * 100)}.onnx" for t in TARGETS]
     start = time.perf_counter()
-    gm = capture(model)
+    gm = None if REUSE and all(p.exists() for p in paths) else capture(model)
     build["capture_s"] = time.perf_counter() - start
-    dense_path, _ = export(gm, Plan.dense(shape), shape, workdir / "dense.onnx")
+    dense_path, _ = export(gm, Plan.dense(shape), shape, paths[0])
     dense = session(dense_path)
     points: list[Point] = []
-    for target in TARGETS:
+    for target, target_path in zip(TARGETS, paths[1:]):
         plan, kept = plan_for(shape, order, target)
-        path, times = export(gm, plan, shape, workdir / f"pruned-{round(target * 100)}.onnx")
+        path, times = export(gm, plan, shape, target_path)
         build |= {f"{k}@{target:.0%}": v for k, v in times.items()}
         points += measure(target, kept, plan, shape, (dense, session(path)), reps)
     return {"benchmark": "static_latency", "model": "SmolLM2-135M-Instruct (float32)",
             "plan": "magnitude width, MLP channels only, same width in every layer",
             "reps": reps, "machine": machine(), "build_seconds": build,
+            "load_average_at_end": os.getloadavg(),
             "points": [asdict(p) for p in points]}
 
 
@@ -203,7 +210,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep ONNX files already in --workdir (timing only)")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.reps, args.workdir or Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
