@@ -10,6 +10,10 @@ Invariants:
 - every ``Decision`` carries the spec line of the field behind it (the target's line);
 - protected layers (``StaticPrune.protect``) are never changed;
 - passes report and never print: progress goes through ``MethodOptions.progress``;
+- FLAP's bias compensation cannot live in a ``Plan`` (no tensors there): it is returned as
+  ``MethodResult.biases``, layer index -> ``LayerBias(mlp, attn)``, ``[hidden]`` tensors to ADD
+  to down_proj's / o_proj's output after the plan is applied (reference semantics:
+  ``passes.reference.apply_output_biases_``; the graph side adds them as Linear biases);
 - with ``MethodOptions.lock`` the locked plan is applied after its hashes are checked,
   without any search (``lock.py``); a stale lock is a ``CompileError`` (P07xx).
 """

@@ -35,10 +35,11 @@ def calib() -> torch.Tensor:
 
 
 def _search(model, calib, method=StaticMethod.MULTIPRUNER, mode="fast", **kw):
+    opts = kw.pop("opts", {})
     static = make_static(method, kw.pop("params", 0.3), steps=(12, None),
                          distribution=kw.pop("distribution", (0.4, 0.5, 0.1)), **kw)
     return static, compute_plan(static, model, shape_of(model), calib,
-                                MethodOptions(mode=mode, batch_size=2, **kw.pop("opts", {})))
+                                MethodOptions(mode=mode, batch_size=2, **opts))
 
 
 @pytest.mark.parametrize("method", [StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER])
@@ -74,3 +75,14 @@ def test_head_steps_remove_whole_kv_groups(model, calib) -> None:
             per_group = {h // shape.group_size for h in lp.kept_heads}
             assert len(lp.kept_heads) == len(per_group) * shape.group_size
     assert {d.stage for d in result.plan.decisions} == {"heads"}
+
+
+def test_progress_events_cover_every_candidate(model, calib) -> None:
+    events = []
+    _search(model, calib, method=StaticMethod.BLOCKPRUNER, params=0.1,
+            opts={"progress": events.append})
+    sweeps = [e for e in events if "step" in e.task]
+    assert sweeps and all(1 <= e.done <= e.total for e in sweeps)
+    finished = [e for e in sweeps if e.done == e.total]
+    assert len(finished) == len({e.task for e in sweeps}) and finished[-1].score is not None
+    assert any("stage" in e.task for e in events)

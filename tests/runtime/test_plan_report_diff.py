@@ -83,3 +83,13 @@ def test_plan_commands_module_does_not_import_torch() -> None:
     code = ("import sys, prunec.runtime.plan_commands; "
             "assert 'torch' not in sys.modules and 'rich' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rich_progress_accepts_events() -> None:
+    from prunec.passes.methods.types import ProgressEvent
+    from prunec.runtime.plan_report import rich_progress
+
+    with rich_progress() as update:
+        for n in range(1, 4):
+            update(ProgressEvent("blocks step 1", n, 3, 20.0 + n))
+        update(ProgressEvent("blocks stage", 5, 10))
