@@ -8,7 +8,8 @@ from specs/data/kjv-calib.txt; perplexity is measured on specs/data/kjv-eval.txt
 files) in batches, H carried from batch to batch. Prints a table and writes
 bench/results/probe_quality.json (machine noted).
 
-Usage: python bench/probe_quality.py [--samples 128] [--calib 64] [--seq-len 128] [--batch 8]
+Usage: python bench/probe_quality.py [--samples 40] [--calib 32] [--seq-len 128] [--batch 8]
+       [--ratios 0.2,0.4] [--no-dense] [--out FILE]   (the JSON is rewritten after each row)
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def demo_model() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ratios", default="0.2,0.4")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense row")
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_quality.json"))
     args = ap.parse_args(argv)
     loaded = demo_model()
@@ -99,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     history = calibrate_history(model, shape, policy(0.0, ProbeMode.PROBE, ProbeMetric.PPSP),
                                 calib, max_len=args.seq_len)
-    rows = [{"method": "dense", "ratio": 0.0,
-             **perplexity(torch_logits(model), data, args.batch).to_json()}]
-    _print(rows[-1])
+    rows = [] if args.no_dense else [
+        {"method": "dense", "ratio": 0.0,
+         **perplexity(torch_logits(model), data, args.batch).to_json()}]
+    for row in rows:
+        _print(row)
     for ratio in (float(r) for r in args.ratios.split(",")):
         for name, mode, metric in CONFIGS:
             runner = ProbeRunner(model, shape, policy(ratio, mode, metric), history)
@@ -109,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                          **perplexity(runner.run, data, args.batch).to_json()})
             _print(rows[-1])
             del runner
+            _write(args, rows, time.perf_counter() - start)
+    _write(args, rows, time.perf_counter() - start)
+    _table(rows)
+    return 0
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> None:
+    """The JSON result so far (rewritten after every configuration)."""
     result = {"benchmark": "probe_quality", "model": "SmolLM2-135M-Instruct (demo, float32)",
               "calibration": {"file": "specs/data/kjv-calib.txt", "samples": args.calib,
                               "seq_len": args.seq_len},
@@ -116,12 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                              "seq_len": args.seq_len, "batch": args.batch},
               "policy": {"skip": "layers[0..2]", "round_to": 64, "token_fraction": 0.5,
                          "sample_fraction": 0.05, "momentum": 0.99},
-              "machine": machine(), "seconds": round(time.perf_counter() - start, 1),
-              "rows": rows}
+              "machine": machine(), "seconds": round(seconds, 1), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    _table(rows)
-    return 0
 
 
 def _print(row: dict[str, Any]) -> None:
