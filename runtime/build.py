@@ -408,9 +408,10 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
     return BuildResult(data_json, out, None)
 
 
-def pruned_runner(spec: Spec, onnx_path: Path, export: OnnxExport) -> tuple[Any, Any, Any]:
-    """(OrtSession, logits_fn, reset_fn) for the artifact. A gated artifact carries H
-    across batches; ``reset_fn`` restores the shipped initial H (before each dataset)."""
+def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> tuple[Any, Any, Any]:
+    """(OrtSession, logits_fn, reset_fn) for an artifact's ONNX file. A gated one (with a
+    ``.gating.json`` manifest next to it) carries H across batches; ``reset_fn`` restores the
+    shipped initial H (None for a static artifact)."""
     from prunec.runtime.evaluate import onnx_logits
     from prunec.runtime.session import (
         OrtSession,
@@ -419,13 +420,13 @@ def pruned_runner(spec: Spec, onnx_path: Path, export: OnnxExport) -> tuple[Any,
         open_session,
     )
 
-    if not gated(spec):
-        session = open_session(onnx_path, export.providers)
+    if not onnx_path.with_suffix(".gating.json").is_file():
+        session = open_session(onnx_path, providers)
         return session, onnx_logits(session.session), None
     import torch
     from prunec.runtime.gated import GatedSession
 
-    requested = tuple(p.ort_name for p in export.providers)
+    requested = tuple(p.ort_name for p in providers)
     chosen, notes = choose_providers(requested, available_providers())
     runner = GatedSession(onnx_path, providers=list(chosen))
 
@@ -448,7 +449,7 @@ def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[st
     with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"):
         compiled = (gated_compile if gated(spec) else ctx.compile_fn)(job)
     with t.stage("evaluate_pruned"):
-        session, logits_fn, reset = pruned_runner(spec, onnx_path, export)
+        session, logits_fn, reset = artifact_runner(onnx_path, export.providers)
         pruned = evaluate_all(spec.eval_datasets(), data, logits_fn, ctx, "pruned", reset)
     results = {n: DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]), dense[n],
                                 pruned[n]) for n in spec.eval_datasets()}

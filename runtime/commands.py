@@ -238,14 +238,14 @@ def _eval_spec(args: argparse.Namespace) -> list[Any]:
     loaded = load_model(spec.model, spec_dir)
     artifact = args.artifact or output_dir(spec, spec_dir, None)
     onnx_path = artifact / onnx_settings(spec).file
-    session = _session_if_built(artifact, onnx_path, onnx_settings(spec).providers)
+    runner = _runner_if_built(artifact, onnx_path, onnx_settings(spec).providers)
     results = []
     with make_progress(args.quiet) as progress:
         for n in names:
             data = load_dataset(spec.dataset(n), spec_dir, loaded.tokenizer)
             dense = perplexity(torch_logits(loaded.model), data, args.batch_size, progress,
                                f"dense perplexity on {n}")
-            pruned = _onnx_ppl(session, data, args, progress, n) if session else None
+            pruned = _onnx_ppl(runner, data, args, progress, n) if runner else None
             results.append(DatasetResult(n, int(data.shape[0]), int(data.shape[1]), dense,
                                          pruned))
     return results
@@ -260,29 +260,34 @@ def _check_names(spec: Any, names: tuple[str, ...]) -> None:
             f"{', '.join(sorted(known)) or 'none'}", Span.unknown(spec.file)),))
 
 
-def _session_if_built(artifact: Path, onnx_path: Path, providers: Any) -> Any:
-    from prunec.runtime.session import open_session
+def _runner_if_built(artifact: Path, onnx_path: Path, providers: Any) -> Any:
+    from prunec.runtime.build import artifact_runner
 
     if not onnx_path.is_file():
         print(f"prunec: no artifact at {artifact}; evaluating the dense model only",
               file=sys.stderr)
         return None
-    return open_session(onnx_path, providers)
+    return artifact_runner(onnx_path, providers)
 
 
-def _onnx_ppl(session: Any, data: Any, args: argparse.Namespace, progress: Any,
+def _onnx_ppl(runner: Any, data: Any, args: argparse.Namespace, progress: Any,
               name: str) -> Any:
-    from prunec.runtime.evaluate import onnx_logits, perplexity
+    """Perplexity with an ``artifact_runner``; a gated artifact starts from its initial H."""
+    from prunec.runtime.evaluate import perplexity
 
-    return perplexity(onnx_logits(session.session), data, args.batch_size, progress,
+    _, logits_fn, reset = runner
+    if reset is not None:
+        reset()
+    return perplexity(logits_fn, data, args.batch_size, progress,
                       f"pruned perplexity on {name}")
 
 
 def _eval_artifact(args: argparse.Namespace) -> list[Any]:
+    from prunec.compiler.ir import Provider
+    from prunec.runtime.build import artifact_runner
     from prunec.runtime.data import load_dataset
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.report import DatasetResult
-    from prunec.runtime.session import open_session
 
     where = Span.unknown("<command line>")
     if not args.data:
@@ -292,9 +297,9 @@ def _eval_artifact(args: argparse.Namespace) -> list[Any]:
     decl = data_decl(args, where)
     tokenizer = artifact_tokenizer(args.target)
     data = load_dataset(decl, Path.cwd(), tokenizer)
-    session = open_session(onnx_path)
+    runner = artifact_runner(onnx_path, (Provider.CUDA, Provider.CPU))
     with make_progress(args.quiet) as progress:
-        pruned = _onnx_ppl(session, data, args, progress, "data")
+        pruned = _onnx_ppl(runner, data, args, progress, "data")
     return [DatasetResult("data", int(data.shape[0]), int(data.shape[1]), None, pruned)]
 
 

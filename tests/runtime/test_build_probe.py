@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import buildkit
 import pytest
@@ -32,15 +33,20 @@ def probe_spec(tiny_dir: Path) -> object:
     return dataclasses.replace(spec, probe=policy, exports=(export,))
 
 
-def test_probe_build(tiny_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def gated_build(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("gated") / "gated"
+    spec = probe_spec(tiny_dir)
+    return spec, out, build(spec, Path.cwd(), BuildOptions(out, quiet=True))  # type: ignore
+
+
+def test_probe_build(gated_build: Any) -> None:
     from prunec.runtime.data import load_dataset
     from prunec.runtime.evaluate import perplexity
     from prunec.runtime.gated import GatedSession
     from prunec.runtime.models import load_model
 
-    spec = probe_spec(tiny_dir)
-    out = tmp_path / "gated"
-    result = build(spec, Path.cwd(), BuildOptions(out, quiet=True))  # type: ignore[arg-type]
+    spec, out, result = gated_build
     names = {p.name for p in out.iterdir()}
     assert {"model.onnx", "model.gating.json", "model.history.npz", "report.json"} <= names
     r = result.report
@@ -55,3 +61,16 @@ def test_probe_build(tiny_dir: Path, tmp_path: Path) -> None:
     again = perplexity(lambda b: torch.from_numpy(session.run(b.numpy())), data, 4)
     assert again.ppl == pytest.approx(ppl["pruned"]["ppl"], rel=1e-5), "H reset per dataset"
     assert json.loads((out / "model.gating.json").read_text())["keep"]
+
+
+def test_eval_gated_artifact(gated_build: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prunec eval ARTIFACT --data` runs a gated artifact with its H, like the build did."""
+    from prunec.runtime.cli import main
+
+    _, out, result = gated_build
+    report = result.report
+    args = ["eval", str(out), "--data", str(buildkit.KJV_EVAL), "--samples", "4",
+            "--seq-len", "32", "--json", "-q"]
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out)["perplexity"]["data"]["pruned"]["ppl"]
+    assert got == pytest.approx(report["perplexity"]["eval"]["pruned"]["ppl"], rel=1e-5)

