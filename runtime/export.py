@@ -98,7 +98,7 @@ def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 
     onnx.checker.check_model(str(path))
     if config.check_onnxruntime:
         check_loads(path)
-    return _info(path, external, config.opset, time.perf_counter() - start)
+    return _info(program.model, path, external, time.perf_counter() - start)
 
 
 def check_loads(path: Path) -> None:
@@ -108,10 +108,12 @@ def check_loads(path: Path) -> None:
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _info(path: Path, external: bool, opset: int, seconds: float) -> ExportInfo:
-    model = onnx.load(str(path), load_external_data=False)
+def _info(model: ir.Model, path: Path, external: bool, seconds: float) -> ExportInfo:
+    """Sizes and counts of the written model (read from the in-memory IR, not the file)."""
     data = path.with_name(path.name + ".data")
     size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    elements = sum(int(torch.Size(t.dims).numel()) for t in model.graph.initializer)
-    return ExportInfo(path, size, external, opset, len(model.graph.node),
-                      len(model.graph.initializer), elements, seconds)
+    inits = model.graph.initializers.values()
+    elements = sum(v.const_value.size for v in inits if v.const_value is not None)
+    opset = model.opset_imports.get("", 0)
+    return ExportInfo(path, size, external, opset, len(list(model.graph)), len(inits),
+                      elements, seconds)
