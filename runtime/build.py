@@ -5,11 +5,18 @@ Stages, in order (each timed in ``report.json``'s ``timings_s``):
   -> compile (graph passes + ONNX export, into the temporary artifact directory)
   -> evaluate_pruned (onnxruntime) -> gates -> write -> publish.
 The plan is the spec's manual plan (``compiler.manual``, importance from weight magnitude),
-else its static method (``prunec.passes.methods``), else dense.
+else its static method (``prunec.passes.methods``), else dense. Compiling is
+``graph_compile`` (``passes.pipeline.prune_graph`` + ``runtime.export.export_onnx``); with a
+probe policy and ``gating = on`` it is ``gated_compile`` instead (the static plan applied to
+the module, H calibrated on the history dataset, ``runtime.gated.export_gated_onnx``), and
+the pruned perplexity then runs with H carried from batch to batch, reset per dataset.
+Dense perplexity is always PyTorch on the unpruned model; pruned is always onnxruntime on
+the artifact itself.
 
 Artifact directory (see ``prunec.runtime.artifact`` for the atomic protocol)::
 
     DIR/model.onnx (+ model.onnx.data)   the pruned model: input_ids int64 [batch, seq] -> logits
+    DIR/model.gating.json, model.history.npz   (gated only) manifest and initial H
     DIR/tokenizer.json, tokenizer_config.json, ...   tokenizer.save_pretrained
     DIR/plan.json                          Plan.to_json()
     DIR/plan.lock.json                     (static methods) the lock: rebuild with --lock, no search
