@@ -61,10 +61,21 @@ def test_onnx_matches_reference(case: str, tmp_path: Path) -> None:
     plan = make_plan(shape)
     program, _ = prune_graph(model, plan, shape)
     info = export_onnx(program, tmp_path / "model.onnx")
-    # weights shrink physically: the initializers are exactly the plan's parameters, plus
-    # the rotary inverse frequencies (head_dim / 2); nothing dead or duplicated is left
-    assert info.parameters == param_count(shape, plan) + shape.head_dim // 2
+    # weights shrink physically: the initializers are exactly the plan's parameters (plus
+    # q/k/v/o biases, which param_count leaves out, and the rotary inverse frequencies)
+    biases = attention_biases(shape, plan) if config.attention_bias else 0
+    assert info.parameters == param_count(shape, plan) + biases + shape.head_dim // 2
     assert_matches(info.path, apply_plan_(copy.deepcopy(model), plan, shape), shape.vocab)
+
+
+def attention_biases(shape: ModelShape, plan: Plan) -> int:
+    total = 0
+    for lp in plan.layers:
+        if not lp.attn_removed:
+            heads = shape.n_heads if lp.kept_heads is None else len(lp.kept_heads)
+            kv = len(lp.kv_groups_kept(shape))
+            total += (heads + 2 * kv) * shape.head_dim + shape.hidden
+    return total
 
 
 def assert_matches(path: Path, ref: torch.nn.Module, vocab: int) -> None:
