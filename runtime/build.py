@@ -28,7 +28,8 @@ else ``build/<spec name>`` relative to the current directory.
 
 Gates: when a gate fails, the build exits 1 and the artifact is NOT published: an existing
 artifact at DIR stays as it was, and the failing report is written next to it as
-``DIR.failed-report.json`` (replaced atomically; deleted by the next successful build).
+``DIR.failed-report.json`` (report.json plus the plan under ``"plan"``; replaced atomically;
+deleted by the next successful build).
 """
 
 from __future__ import annotations
@@ -408,11 +409,30 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
         checkpoint("report-written")
         if not data_json["passed"]:
             failed = failed_report_path(out)
-            write_json(failed, data_json)
+            write_json(failed, {**data_json, "plan": plan.to_json()})
             return BuildResult(data_json, None, failed)
         artifact.commit()
     failed_report_path(out).unlink(missing_ok=True)
     return BuildResult(data_json, out, None)
+
+
+@contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence the exporter's chatter (torchvision notices, deprecation warnings) for users;
+    errors still raise."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> tuple[Any, Any, Any]:
@@ -453,7 +473,7 @@ def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[st
     job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
                      max((int(v.shape[1]) for v in data.values()), default=0))
-    with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"):
+    with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), quiet_torch():
         compiled = (gated_compile if gated(spec) else ctx.compile_fn)(job)
     with t.stage("evaluate_pruned"):
         session, logits_fn, reset = artifact_runner(onnx_path, export.providers)

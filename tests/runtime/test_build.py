@@ -64,7 +64,8 @@ def test_failed_gate_publishes_nothing_and_keeps_old(tiny_dir: Path, built: Any,
     assert [g["held"] for g in failed.report["gates"]] == [False, False]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "old artifact intact"
     assert failed.failed_report == failed_report_path(out)
-    assert json.loads(failed.failed_report.read_text())["passed"] is False
+    saved = json.loads(failed.failed_report.read_text())
+    assert saved["passed"] is False and Plan.from_json(saved["plan"]).method == "manual"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.failed-report.json"]
     again = fast_build(tiny_dir, built, out)
     assert again.passed and not failed_report_path(out).exists()
