@@ -9,6 +9,8 @@ plans (blocks, channel subsets, GQA-respecting head subsets) for property tests.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,3 +84,17 @@ def _random_heads(rng: random.Random, shape: ModelShape) -> tuple[int, ...]:
     groups = sorted(rng.sample(range(shape.n_kv_heads), rng.randint(1, shape.n_kv_heads)))
     per_group = rng.randint(1, g)
     return tuple(sorted(kv * g + j for kv in groups for j in rng.sample(range(g), per_group)))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` intra-op threads, then restore the previous count.
+
+    Tiny models are fastest single-threaded, and on a busy machine multi-threaded kernels of
+    microsecond ops wait on each other; scope the setting, never set it process-wide."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

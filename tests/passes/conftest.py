@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from prunec.passes.tiny import torch_threads
 
 from graphkit import VARIANTS, Captured
 
@@ -11,3 +15,10 @@ from graphkit import VARIANTS, Captured
 def captured(request: pytest.FixtureRequest) -> Captured:
     return Captured(VARIANTS[request.param], seed=len(request.param))
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny forwards run single-threaded here (restored after each test)."""
+    with torch_threads(1):
+        yield

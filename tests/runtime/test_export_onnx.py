@@ -9,6 +9,7 @@ several batch/seq sizes of ONE exported file (dynamic batch and seq).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan, param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
-from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
+from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama, torch_threads
 from prunec.runtime.export import export_onnx
 
 SIZES = ((1, 2), (1, 19), (4, 7), (3, 64))
@@ -48,9 +49,17 @@ CASES = {
 def onnx_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # tiny graph: threads only wait on each other
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
     return torch.from_numpy(np.asarray(logits))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
