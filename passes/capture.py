@@ -13,6 +13,15 @@ GraphModule because replacing a weight there is ``setattr`` of a smaller tensor,
 graph-signature bookkeeping; ``reexport`` turns the pruned module back into a fresh
 ``ExportedProgram`` (which re-derives every shape and so checks the passes' work).
 
+What transformers 5.23's Llama needs (found by capturing it): eval mode (else dropout is
+traced), ``use_cache=False`` (else a DynamicCache is an output), a wrapper returning the
+logits tensor only. Its SDPA path builds a boolean causal mask in the graph (arange/index/le
+on symbolic sizes), computes rotary cos/sin once in a ``wrap_with_set_grad_enabled``
+sub-graph, views q/k/v as ``[b, s, -1, head_dim]`` and runs repeat_kv before SDPA as
+``expand([b, n_kv, n_rep, s, d]) -> reshape([b, n_kv * n_rep, s, d])`` with literal head
+counts (``fix_shapes`` rewrites them). The seq Dim starts at 2 (torch.export specialises
+sizes 0/1); the exported ONNX graph also runs seq = 1 (tested).
+
 Invariants:
 - the captured module computes the same logits as the model (it shares the model's weight
   tensors; the passes replace attributes, they never write into those tensors);

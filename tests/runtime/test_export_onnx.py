@@ -24,7 +24,7 @@ from prunec.passes.reference import apply_plan_, reference_logits, relative_erro
 from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama, torch_threads
 from prunec.runtime.export import export_onnx
 
-SIZES = ((1, 2), (1, 19), (4, 7), (3, 64))
+SIZES = ((2, 1), (1, 2), (1, 19), (4, 7), (3, 64))
 BIAS_UNTIED = TinyConfig(layers=3, heads=8, kv_heads=4, attention_bias=True, tied=False)
 
 
