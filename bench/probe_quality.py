@@ -48,7 +48,9 @@ SPAN = Span("bench", 0, 0, 0, 0)
 CONFIGS = (("pp", ProbeMode.PROBE, ProbeMetric.PPSP),
            ("full-batch", ProbeMode.FULL_BATCH, ProbeMetric.PPSP),
            ("wanda-sp", ProbeMode.PROBE, ProbeMetric.WANDA_SP),
-           ("flap", ProbeMode.PROBE, ProbeMetric.FLAP))
+           ("flap", ProbeMode.PROBE, ProbeMetric.FLAP),
+           ("flap-no-bias", ProbeMode.PROBE, ProbeMetric.FLAP))  # diagnostic: without compensation
+DEFAULT_METHODS = "pp,full-batch,wanda-sp,flap"
 
 
 def machine() -> dict[str, Any]:
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ratios", default="0.2,0.4")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense row")
+    ap.add_argument("--methods", default=DEFAULT_METHODS,
+                    help="comma-separated, from: " + ",".join(c[0] for c in CONFIGS))
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_quality.json"))
     args = ap.parse_args(argv)
     loaded = demo_model()
@@ -107,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         _print(row)
     for ratio in (float(r) for r in args.ratios.split(",")):
-        for name, mode, metric in CONFIGS:
+        for name, mode, metric in (c for c in CONFIGS if c[0] in args.methods.split(",")):
             runner = ProbeRunner(model, shape, policy(ratio, mode, metric), history)
+            if name == "flap-no-bias":
+                for block in runner.gated.blocks:
+                    block.bias = None
             rows.append({"method": name, "ratio": ratio,
                          **perplexity(runner.run, data, args.batch).to_json()})
             _print(rows[-1])

@@ -71,6 +71,21 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
     torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
                       dynamic_shapes=dyn, opset_version=opset, optimize=True,
                       input_names=inputs, output_names=outputs, external_data=False)
+    _name_dynamic_dims(path)
+
+
+def _name_dynamic_dims(path: Path) -> None:
+    """Call the symbolic dims of ``input_ids`` ``batch`` and ``seq`` everywhere in the graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[0].dim_param: "batch", dims[1].dim_param: "seq"}
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    onnx.save(model, str(path))
 
 
 def check_static_gating(path: str | Path) -> list[str]:

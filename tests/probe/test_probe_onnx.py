@@ -93,6 +93,11 @@ def test_graph_is_statically_gated(plain):  # type: ignore[no-untyped-def]
     assert [i.name for i in model.graph.input] == ["input_ids", *info.history_inputs]
     assert [o.name for o in model.graph.output] == ["logits", *info.history_outputs,
                                                      *info.kept_outputs]
+    def dims_of(value):  # type: ignore[no-untyped-def]
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert dims_of(model.graph.input[0]) == ["batch", "seq"]
+    assert dims_of(model.graph.output[0]) == ["batch", "seq", 160]
     dims = model.graph.input[1].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [40, 6 * 16]  # history.1.attn: [max_len, heads*d]
 
