@@ -39,13 +39,27 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed-blocks-from", default=None,
                    help="a running BlockPruner bench's resume file: MultiPruner's blocks stage "
                         "is that greedy path's prefix, so it is read from there, not re-run")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="only merge these result files into --out and print the table")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     p.add_argument("--out", default="bench/results/search_quality.json")
     return p.parse_args()
 
 
+def merge(paths: list[str], out: str) -> None:
+    """Combine the JSON of several (parallel) runs into one table and one JSON file."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for part in parts for r in part["rows"]]
+    write_json(Path(out), {"machine": parts[0]["machine"], "runs": [
+        {"machine": p["machine"], "args": p["args"]} for p in parts], "rows": rows})
+    print_table(rows)
+
+
 def main() -> None:
     args = parse()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     torch.set_num_threads(args.threads)
     lm = load_demo()
     calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
