@@ -4,6 +4,8 @@ Exports SmolLM2-135M-Instruct three ways with the same exporter (runtime/gated.p
 (ratio 0: no gating ops), PP at 40%, and PP at 40% with ``probe_free`` scoring (H
 alone, same TopK/Gather/MatMul) whose difference to PP-40% is the probe's cost. Every
 variant runs through ``GatedSession`` (IOBinding, H carried), default session options.
+The gate's share of the time is also read from an onnxruntime profile of PP-40% (nodes whose
+exporter stack trace passes through ``GatedBlock.choose``: probe, fusion, scores, TopK).
 Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
 round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
@@ -32,17 +34,18 @@ from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
 VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True))
+PROFILE_RUNS = 3
 SHAPES = ((4, 128), (1, 512))
 
 
-def export_all(workdir: Path) -> dict[str, Path]:
+def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
     loaded = demo_model()
     calib = load_dataset(dataset("calib", "kjv-calib.txt", 16, 128), ROOT / "specs",
                          loaded.tokenizer)
     base = policy(0.0, ProbeMode.PROBE, ProbeMetric.PPSP)
     history = calibrate_history(loaded.model, loaded.shape, base, calib, max_len=512)
     paths = {}
-    for name, ratio, probe_free in VARIANTS:
+    for name, ratio, probe_free in (v for v in VARIANTS if v[0] in names):
         path = workdir / name / "model.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,38 @@ def time_shape(paths: dict[str, Path], b: int, t: int, rounds: int) -> dict[str,
     return times
 
 
+def probe_nodes(path: Path) -> set[str]:
+    """Nodes of the gated graph that compute the gate (probe, fusion, scores, TopK): the
+    exporter's stack trace of each node names ``GatedBlock.choose``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    return {n.name for n in model.graph.node
+            if any(p.key == "pkg.torch.onnx.stack_trace" and "self.choose(" in p.value
+                   for p in n.metadata_props)}
+
+
+def profiled_share(path: Path, b: int, t: int) -> dict[str, Any]:
+    """onnxruntime profiling of ``path``: the share of node time spent in gate nodes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / f"profile_{b}x{t}")
+    session = GatedSession(path.parent, session_options=opts)
+    for batch in np.split(eval_tokens(b * PROFILE_RUNS, t), PROFILE_RUNS):
+        session.run(batch)
+    events = json.loads(Path(session.session.end_profiling()).read_text())
+    gate = probe_nodes(path)
+    total = probe = 0.0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total += e["dur"]
+            probe += e["dur"] if e["name"][:-len("_kernel_time")] in gate else 0.0
+    return {"variant": "gate share of pp-40 (ORT profile)", "batch": b, "seq_len": t,
+            "share": round(probe / total, 3) if total else None}
+
+
 def summarise(times: dict[str, list[float]], b: int, t: int) -> list[dict[str, Any]]:
     dense = statistics.median(times["dense"])
     rows = []
@@ -91,9 +126,10 @@ def summarise(times: dict[str, list[float]], b: int, t: int) -> list[dict[str, A
         med = statistics.median(ts)
         rows.append({"variant": name, "batch": b, "seq_len": t, "median_ms": round(med * 1e3, 2),
                      "speedup_vs_dense": round(dense / med, 3), "runs": len(ts)})
-    pp, free = statistics.median(times["pp-40"]), statistics.median(times["pp-40-probe-free"])
-    rows.append({"variant": "probe share of pp-40", "batch": b, "seq_len": t,
-                 "probe_ms": round((pp - free) * 1e3, 2), "share": round((pp - free) / pp, 3)})
+    if "pp-40-probe-free" in times:
+        pp, free = statistics.median(times["pp-40"]), statistics.median(times["pp-40-probe-free"])
+        rows.append({"variant": "probe share of pp-40", "batch": b, "seq_len": t,
+                     "probe_ms": round((pp - free) * 1e3, 2), "share": round((pp - free) / pp, 3)})
     return rows
 
 
@@ -101,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--workdir", default="/tmp/prunec-probe-latency")
+    ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_latency.json"))
     args = ap.parse_args(argv)
-    paths = export_all(Path(args.workdir))
+    paths = export_all(Path(args.workdir), args.variants.split(","))
     load_before = os.getloadavg()
     rows = []
     for b, t in SHAPES:
         rows += summarise(time_shape(paths, b, t, args.rounds), b, t)
+        rows.append(profiled_share(paths["pp-40"], b, t))
     result = {"benchmark": "probe_latency", "model": "SmolLM2-135M-Instruct (float32)",
               "provider": "CPUExecutionProvider", "rounds": args.rounds,
               "machine": {**machine(), "loadavg_before": load_before,
@@ -122,7 +160,9 @@ def _table(rows: list[dict[str, Any]]) -> None:
     print(f"{'variant':<22}{'shape':>9}{'median ms':>11}{'vs dense':>10}")
     for r in rows:
         shape = f"{r['batch']}x{r['seq_len']}"
-        if "share" in r:
+        if "probe_ms" not in r and "share" in r:
+            print(f"{r['variant']:<22}{shape:>9}{'':>11}{r['share']:>9.0%} of node time")
+        elif "share" in r:
             print(f"{r['variant']:<22}{shape:>9}{r['probe_ms']:>11.1f}{r['share']:>9.0%} of pp-40")
         else:
             print(f"{r['variant']:<22}{shape:>9}{r['median_ms']:>11.1f}"
