@@ -3,8 +3,9 @@
 Invariants: codes are unique, never reused for a different meaning, and every code any
 stage reports is listed here (a test scans the sources). P00xx: reading and parsing;
 P01xx: lowering (structure, keys, value types); P02xx: semantic checks against the model
-shape; P03xx: files and models on disk. Severity is the reporter's choice; ``WARNINGS``
-lists the codes reported as warnings.
+shape; P03xx: files and models on disk; P04xx: the build driver; P05xx: graph capture
+and passes; P07xx: methods, locks and resume. Severity is the reporter's choice;
+``WARNINGS`` lists the codes reported as warnings.
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ CODES: dict[str, str] = {
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",
     "P0303": "the model's config cannot be read or is not a supported architecture",
     "P0304": "the hub model is not in the local cache; model checks were skipped",
+    # build driver: data, artifacts, gates (runtime/)
+    "P0401": "reading a datasets save_to_disk directory needs pyarrow",
+    "P0402": "a dataset has too little text for samples x seq_len",
+    "P0403": "a command-line combination that needs more input (e.g. eval of an artifact without --data)",
+    "P0404": "an artifact directory is unusable (no model, several models, unreadable files)",
+    "P0405": "a quality gate failed",
+    "P0406": "the output directory exists and is not a prunec artifact",
+    "P0408": "a probe policy has no dataset to initialise its history",
+    "P0409": "the static method is not implemented",
+    # graph capture and passes (passes/)
+    "P0501": "the model is not a Llama-style decoder prunec can prune",
+    "P0502": "a decoder layer lacks an expected linear projection",
+    "P0503": "a block's residual connection is not x + f(norm(x))",
+    "P0504": "the grouped-query attention pattern (repeat_kv) was not found",
+    "P0505": "the captured graph does not match the model's structure",
+    "P0510": "the plan is invalid for this model",
+    # methods, locks and resume (passes/methods/)
+    "P0701": "the plan lock does not match the spec's pruning section or datasets",
+    "P0702": "the plan lock does not match the model",
+    "P0703": "the plan lock does not match the calibration data",
+    "P0704": "a plan file cannot be read",
+    "P0705": "the resume file belongs to another search or is damaged",
+    "P0707": "a width-only method was asked to remove blocks",
 }
 
 WARNINGS: frozenset[str] = frozenset({"P0217", "P0220", "P0304"})

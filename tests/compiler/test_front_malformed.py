@@ -35,8 +35,8 @@ def test_malformed_spec(path: Path, golden) -> None:  # type: ignore[no-untyped-
 
 def test_every_code_in_the_sources_is_in_the_table() -> None:
     used = set()
-    for folder in ("grammar", "compiler"):
-        for src in (ROOT / folder).glob("*.py"):
+    for folder in ("grammar", "compiler", "passes", "runtime"):
+        for src in (ROOT / folder).rglob("*.py"):
             used |= set(re.findall(r'"(P\d{4})"', src.read_text()))
     assert used - set(CODES) == set()
     assert WARNINGS <= set(CODES)
