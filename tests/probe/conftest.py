@@ -30,7 +30,7 @@ def _policy(ratio: float, mode: ProbeMode = ProbeMode.PROBE,
                        metric, round_to, SPAN)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_policy() -> PolicyFn:
     return _policy
 

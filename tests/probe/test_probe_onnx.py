@@ -33,21 +33,17 @@ def _artifact(tmp: Path, model, policy, calib, max_len=40, debug=True):  # type:
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory, calib_ids):  # type: ignore[no-untyped-def]
-    from conftest import _policy
-
+def plain(tmp_path_factory, calib_ids, make_policy):  # type: ignore[no-untyped-def]
     model = tiny_llama(2, TinyConfig(layers=3))
-    return _artifact(tmp_path_factory.mktemp("plain"), model, _policy(0.4), calib_ids)
+    return _artifact(tmp_path_factory.mktemp("plain"), model, make_policy(0.4), calib_ids)
 
 
 @pytest.fixture(scope="module")
-def composed(tmp_path_factory, calib_ids):  # type: ignore[no-untyped-def]
-    from conftest import _policy
-
+def composed(tmp_path_factory, calib_ids, make_policy):  # type: ignore[no-untyped-def]
     model = tiny_llama(6, TinyConfig(layers=4))
     shape = shape_of(model)
     apply_plan_(model, random_plan(shape, seed=8, p_remove=0.3), shape)
-    return _artifact(tmp_path_factory.mktemp("composed"), model, _policy(0.5), calib_ids)
+    return _artifact(tmp_path_factory.mktemp("composed"), model, make_policy(0.5), calib_ids)
 
 
 def _compare(info, runner, batches, vocab=160):  # type: ignore[no-untyped-def]
@@ -116,8 +112,7 @@ def test_session_reset_and_limits(plain):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_smollm2_gated_onnx_matches_eager(tmp_path):  # type: ignore[no-untyped-def]
-    from conftest import _policy
+def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy):  # type: ignore[no-untyped-def]
     from prunec.compiler.diagnostics import Span
     from prunec.compiler.ir import DType, ModelDecl, ModelSource
     from prunec.runtime.models import load_model
@@ -128,7 +123,7 @@ def test_smollm2_gated_onnx_matches_eager(tmp_path):  # type: ignore[no-untyped-
     del model.model.layers[5:]  # widths, an export of minutes rather than tens of minutes
     model.config.num_hidden_layers = 5
     calib = torch.randint(0, 49152, (4, 32), generator=torch.Generator().manual_seed(0))
-    policy = _policy(0.2, skip=(0, 1, 2), round_to=64)
+    policy = make_policy(0.2, skip=(0, 1, 2), round_to=64)
     info, runner = _artifact(tmp_path, model, policy, calib, max_len=64)
     # layer ratio round(5/2 * 0.2, 2) = 0.5: 9 - int(4.5) = 5 heads and 768 channels stay
     want = {"attn": 5, "mlp": 768}
