@@ -77,6 +77,7 @@ class BuildOptions:
     quiet: bool = False
     lock: Path | None = None  # --lock plan.lock.json: apply a locked plan, no search
     batch_size: int = 4  # sequences per forward pass when evaluating
+    resume: bool = False  # --resume: continue a search from its last completed step
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,11 @@ def output_dir(spec: Spec, spec_dir: Path, override: Path | None) -> Path:
     return Path("build") / str(spec.name)
 
 
+def resume_path(out: Path) -> Path:
+    """Where a search keeps its state between steps: beside the artifact, never inside it."""
+    return out.with_name(f".{out.name}.search-state.json")
+
+
 def failed_report_path(out: Path) -> Path:
     return out.parent / f"{out.name}.failed-report.json"
 
@@ -214,6 +220,17 @@ def bias_notes(method: Any) -> tuple[str, ...]:
     return (note,)
 
 
+def write_plan_pictures(method: Any, plan: Plan, shape: Any, tmp: Path) -> None:
+    """plan-report.png + plan-report.html: per-layer widths and the search trajectory."""
+    from types import SimpleNamespace
+
+    from prunec.passes.methods.types import SearchStats
+    from prunec.runtime.plan_report import write_plan_report
+
+    result = method if method is not None else SimpleNamespace(plan=plan, stats=SearchStats())
+    write_plan_report(result, shape, tmp)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.prunec-tmp-{os.getpid()}")
@@ -261,9 +278,13 @@ def run_method(spec: Spec, loaded: Any, data: dict[str, Any], ctx: BuildContext)
     lock = (lock_mod.read_lock(ctx.options.lock, spec.static.span)
             if ctx.options.lock is not None else None)
     calib = data.get(spec.static.score_dataset) if spec.static.score_dataset else None
+    state = resume_path(ctx.out)
+    if not ctx.options.resume:
+        state.unlink(missing_ok=True)  # a fresh search; --resume keeps the last state
     options = methods.MethodOptions(progress=method_progress(ctx.progress), lock=lock,
                                     spec_hash=lock_mod.spec_hash(spec),
-                                    batch_size=ctx.options.batch_size)
+                                    batch_size=ctx.options.batch_size,
+                                    resume_path=None if lock is not None else str(state))
     return methods.compute_plan(spec.static, loaded.model, loaded.shape, calib, options)
 
 
@@ -345,6 +366,7 @@ class BuildContext:
     options: BuildOptions
     progress: Any
     compile_fn: CompileFn
+    out: Path
     timings: Timings = field(default_factory=Timings)
 
     @contextmanager
@@ -371,7 +393,7 @@ def build(spec: Spec, spec_dir: Path, options: BuildOptions = BuildOptions(),
             "P0406", f"output directory {out} exists and is not a prunec artifact; "
             "refusing to replace it", Span.unknown(spec.file), "choose another -o DIR"),))
     with make_progress(options.quiet) as progress:
-        ctx = BuildContext(spec, spec_dir, options, progress, compile_fn)
+        ctx = BuildContext(spec, spec_dir, options, progress, compile_fn, out)
         start = time.perf_counter()
         return _run(ctx, out, start)
 
@@ -402,6 +424,7 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
                 from prunec.passes.methods.lock import write_lock
 
                 write_lock(tmp / "plan.lock.json", method)
+            write_plan_pictures(method, plan, loaded.shape, tmp)
             write_hf_exports(spec, loaded, plan, tmp)
         t.stages["total"] = time.perf_counter() - start
         data_json = dataclasses.replace(report, timings=dict(t.stages)).to_json()
@@ -413,6 +436,7 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
             return BuildResult(data_json, None, failed)
         artifact.commit()
     failed_report_path(out).unlink(missing_ok=True)
+    resume_path(out).unlink(missing_ok=True)
     return BuildResult(data_json, out, None)
 
 
@@ -451,6 +475,7 @@ def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> tuple[A
         session = open_session(onnx_path, providers)
         return session, onnx_logits(session.session), None
     import torch
+
     from prunec.runtime.gated import GatedSession
 
     requested = tuple(p.ort_name for p in providers)

@@ -66,6 +66,8 @@ def _register_build(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print report.json instead of tables")
     p.add_argument("--lock", type=Path, metavar="FILE",
                    help="apply a plan lock (plan.lock.json of an earlier build): no search")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search from its last completed step")
     _common(p)
     p.set_defaults(handler=cmd_build)
 
@@ -173,12 +175,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from prunec.runtime import build as driver
-    from prunec.runtime.report import render
     from rich.console import Console
 
+    from prunec.runtime import build as driver
+    from prunec.runtime.report import render
+
     spec = load_spec_or_raise(args.spec)
-    options = driver.BuildOptions(args.output, args.quiet, args.lock, args.batch_size)
+    options = driver.BuildOptions(args.output, args.quiet, args.lock, args.batch_size,
+                                  args.resume)
     result = driver.build(spec, args.spec.parent, options, driver.graph_compile)
     if args.json:
         print(json.dumps(result.report, indent=1))
@@ -217,8 +221,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=1))
     else:
-        from prunec.runtime.report import render_perplexity
         from rich.console import Console
+
+        from prunec.runtime.report import render_perplexity
 
         render_perplexity(data, Console())
     return 0
@@ -350,18 +355,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from prunec.runtime.build import BuildContext, BuildOptions, graph_compile, load_data, make_plan
+    from rich.console import Console
+
+    from prunec.runtime.build import (
+        BuildContext,
+        BuildOptions,
+        graph_compile,
+        load_data,
+        make_plan,
+        output_dir,
+    )
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.models import load_model
     from prunec.runtime.report import render_plan
-    from rich.console import Console
 
     spec = load_spec_or_raise(args.spec)
     loaded = load_model(spec.model, args.spec.parent)
     options = BuildOptions(None, args.quiet, args.lock, args.batch_size)
     with make_progress(args.quiet) as progress:
         data = load_data(spec, args.spec.parent, loaded.tokenizer)
-        ctx = BuildContext(spec, args.spec.parent, options, progress, graph_compile)
+        ctx = BuildContext(spec, args.spec.parent, options, progress, graph_compile,
+                           output_dir(spec, args.spec.parent, None))
         plan, _ = make_plan(spec, loaded, data, ctx)
     if args.json:
         print(plan.dumps())
@@ -372,6 +386,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
+
     from prunec.runtime.session import open_session
 
     tokenizer = artifact_tokenizer(args.artifact)

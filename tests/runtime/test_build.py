@@ -22,7 +22,9 @@ def test_artifact_layout(built: Any) -> None:
     out = built.artifact
     names = {p.name for p in out.iterdir()}
     assert {"model.onnx", "plan.json", "report.json", "tokenizer.json",
-            "tokenizer_config.json"} <= names
+            "tokenizer_config.json", "plan-report.png", "plan-report.html"} <= names
+    assert (out / "plan-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<h2>Layers</h2>" in (out / "plan-report.html").read_text()
     assert [p.name for p in out.parent.iterdir()] == [out.name], "no temp dirs left behind"
     assert json.loads((out / "report.json").read_text()) == built.report
 
@@ -132,7 +134,8 @@ def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
     spec = type(spec)(**{**spec.__dict__, "static": static})
     loaded = load_model(spec.model, Path.cwd())
     with make_progress(True) as progress:
-        ctx = BuildContext(spec, Path.cwd(), BuildOptions(quiet=True), progress, graph_compile)
+        ctx = BuildContext(spec, Path.cwd(), BuildOptions(quiet=True), progress, graph_compile,
+                           Path.cwd() / "out")
         plan, result = make_plan(spec, loaded, load_data(spec, Path.cwd(), tiny_tok), ctx)
     assert plan.method == "magnitude" and result is not None
     assert plan.validate(loaded.shape) == []
