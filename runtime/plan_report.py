@@ -66,7 +66,7 @@ def plot_plan(result: Any, shape: ModelShape, path: Path) -> Path:
 def _plot_trajectory(ax: Any, stats: Any) -> None:
     traj = stats.trajectory
     if not traj:
-        ax.text(0.5, 0.5, "one-shot method: no search trajectory", ha="center",
+        ax.text(0.5, 0.5, "no search: a manual or one-shot plan has no trajectory", ha="center",
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
