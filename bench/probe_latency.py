@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_quality import ROOT, dataset, demo_model, machine, policy
+
 from prunec.compiler.ir import ProbeMetric, ProbeMode
 from prunec.passes.probe import calibrate_history
 from prunec.runtime.data import load_dataset

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     DataFormat,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from methods_common import load_demo, machine, static, tokens, write_json
+
 from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import MethodOptions, compute_plan
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from methods_common import load_demo, machine, perplexity, static, tokens, write_json
+
 from prunec.compiler.ir import StaticMethod
 from prunec.compiler.plan import Plan
 from prunec.passes.methods import MethodOptions, MethodResult, budget, compute_plan

@@ -26,7 +26,7 @@ class Span:
     end_col: int
 
     @staticmethod
-    def unknown(file: str) -> "Span":
+    def unknown(file: str) -> Span:
         return Span(file, 1, 1, 1, 1)
 
     def __str__(self) -> str:
@@ -59,11 +59,11 @@ class Diagnostic:
     hint: str | None = None
 
     @staticmethod
-    def error(code: str, message: str, span: Span, hint: str | None = None) -> "Diagnostic":
+    def error(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
         return Diagnostic(code, Severity.ERROR, message, span, hint)
 
     @staticmethod
-    def warning(code: str, message: str, span: Span, hint: str | None = None) -> "Diagnostic":
+    def warning(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
         return Diagnostic(code, Severity.WARNING, message, span, hint)
 
     @property

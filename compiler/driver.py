@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lark.exceptions import VisitError
+
 from prunec.compiler.checks import Context, run_checks
 from prunec.compiler.diagnostics import Diagnostic, Severity, Span
 from prunec.compiler.ir import ModelShape, Spec

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from prunec.compiler import files
 from prunec.compiler.checks import resolved
 from prunec.compiler.ir import (
@@ -30,9 +34,6 @@ from prunec.compiler.ir import (
     StaticPrune,
 )
 from prunec.compiler.plan import LayerPlan, Plan, param_count
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from lark import Token, Tree
+
 from prunec.grammar.parser import Comment, comments, parse
 
 INDENT = "  "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from prunec.compiler.diagnostics import Span
 
@@ -204,7 +204,7 @@ class KeepHeads:
     span: Span
 
 
-PlanAction = Union[RemoveBlock, KeepChannels, KeepHeads]
+PlanAction = RemoveBlock | KeepChannels | KeepHeads
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ class ParamsGate:
     span: Span
 
 
-Gate = Union[PerplexityGate, ParamsGate]
+Gate = PerplexityGate | ParamsGate
 
 
 # ------------------------------------------------------------------------ exports
@@ -296,7 +296,7 @@ class HfExport:
     span: Span
 
 
-Export = Union[OnnxExport, HfExport]
+Export = OnnxExport | HfExport
 
 
 # --------------------------------------------------------------------------- spec

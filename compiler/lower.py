@@ -17,6 +17,7 @@ from typing import Any
 
 from lark import Token, Transformer, Tree, v_args
 from lark.tree import Meta
+
 from prunec.compiler import blocks as bl
 from prunec.compiler import syntax as sx
 from prunec.compiler.diagnostics import Diagnostic, Span

@@ -56,15 +56,15 @@ class Plan:
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
 
     @staticmethod
-    def dense(shape: ModelShape, method: str = "dense") -> "Plan":
+    def dense(shape: ModelShape, method: str = "dense") -> Plan:
         return Plan(tuple(LayerPlan(i) for i in range(shape.n_layers)), method)
 
-    def with_layer(self, layer: LayerPlan) -> "Plan":
+    def with_layer(self, layer: LayerPlan) -> Plan:
         layers = list(self.layers)
         layers[layer.index] = layer
         return replace(self, layers=tuple(layers))
 
-    def with_decision(self, decision: Decision) -> "Plan":
+    def with_decision(self, decision: Decision) -> Plan:
         return replace(self, decisions=self.decisions + (decision,))
 
     def validate(self, shape: ModelShape) -> list[str]:
@@ -84,7 +84,7 @@ class Plan:
         }
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> "Plan":
+    def from_json(data: dict[str, Any]) -> Plan:
         layers = tuple(
             LayerPlan(
                 index=int(d["index"]),
@@ -134,7 +134,7 @@ def _gqa_problems(lp: LayerPlan, shape: ModelShape) -> list[str]:
     if len(set(live)) > 1:
         return [
             f"layer {lp.index}: kept heads per KV group {per_group} are unequal "
-            "(grouped-query attention needs the same number in every kept group)"
+            + "(grouped-query attention needs the same number in every kept group)"
         ]
     return []
 

@@ -19,9 +19,10 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from prunec.compiler.diagnostics import Diagnostic, Severity
 from rich.console import Console
 from rich.text import Text
+
+from prunec.compiler.diagnostics import Diagnostic, Severity
 
 WINDOW = 100
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.NOTE: "cyan"}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from prunec.compiler.diagnostics import CompileError, Diagnostic
 from prunec.compiler.ir import DataFormat, DatasetDecl
 

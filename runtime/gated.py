@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from prunec.compiler.ir import ModelShape, ProbePolicy
 
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero"})

@@ -28,8 +28,9 @@ def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path) -> None:
     """Write ``model`` pruned by ``plan`` to ``directory`` (``model`` itself is unchanged)."""
     import copy
 
-    from prunec.passes.reference import apply_plan_, shape_of
     from safetensors.torch import save_model
+
+    from prunec.passes.reference import apply_plan_, shape_of
 
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(directory))
@@ -44,9 +45,10 @@ def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path) -> None:
 def load_pruned_hf(directory: Path) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a directory written by ``export_hf``."""
     import torch
-    from prunec.passes.reference import apply_plan_, shape_of
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from prunec.passes.reference import apply_plan_, shape_of
 
     config = AutoConfig.from_pretrained(str(directory))
     build = AutoModelForCausalLM.from_config

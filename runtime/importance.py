@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.manual import Importance
 

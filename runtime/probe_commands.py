@@ -51,6 +51,7 @@ def load_tokens(data: Path, seq_len: int, tokenizer_dir: Path) -> Any:
 
 def run_command(args: argparse.Namespace) -> int:
     import torch
+
     from prunec.runtime.evaluate import perplexity
     from prunec.runtime.gated import GatedSession, find_manifest
 

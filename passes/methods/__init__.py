@@ -33,8 +33,9 @@ from prunec.passes.methods.types import (
 
 if TYPE_CHECKING:
     import torch
-    from prunec.compiler.ir import ModelShape, StaticPrune
     from torch import nn
+
+    from prunec.compiler.ir import ModelShape, StaticPrune
 
 __all__ = [
     "LayerBias",

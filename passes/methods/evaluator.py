@@ -27,10 +27,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
 from prunec.passes.reference import apply_layer_plan_, apply_plan_, decoder_layers
-from torch import nn
 
 Chunks = list[torch.Tensor]
 

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from prunec.compiler.ir import ModelShape
 from prunec.passes.reference import decoder_layers
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ import time
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
 from prunec.compiler.diagnostics import CompileError, Diagnostic
 from prunec.compiler.ir import ModelShape, Scope, StaticMethod, StaticPrune
 from prunec.compiler.plan import Decision, LayerPlan, Plan
 from prunec.passes.methods import budget, importance
 from prunec.passes.methods.types import LayerBias, MethodOptions, MethodResult, SearchStats
 from prunec.passes.reference import decoder_layers
-from torch import nn
 
 Widths = dict[int, tuple[int, int]]  # layer -> (channels kept, heads kept per KV group)
 Scores = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (channel, head) scores

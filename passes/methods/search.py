@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
+
 from prunec.compiler.diagnostics import CompileError, Diagnostic
 from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune
 from prunec.compiler.plan import Decision, LayerPlan, Plan
@@ -39,7 +41,6 @@ from prunec.passes.methods.types import (
     emit,
 )
 from prunec.passes.reference import decoder_layers
-from torch import nn
 
 DEFAULT_DISTRIBUTION = (0.44, 0.52, 0.04)
 STAGES = ("blocks", "mlp", "heads")

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from prunec.compiler.ir import ModelShape, ProbePolicy
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
-from torch import nn
 
 DEFAULT_MAX_LEN = 512
 CALIB_BATCH = 8

@@ -15,10 +15,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from torch import nn
+
 from prunec.compiler.ir import ModelShape, ProbePolicy, ProbeTarget
 from prunec.passes.probe.maths import kept_channels, kept_heads, layer_ratio
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
-from torch import nn
 
 
 class GateKind(enum.Enum):

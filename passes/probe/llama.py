@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import nn
+
 from prunec.compiler.ir import ModelShape, ProbeMetric, ProbeMode, ProbePolicy
 from prunec.passes.probe.history import BlockHistory, History
 from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
@@ -20,7 +22,6 @@ from prunec.passes.probe.maths import as_fraction
 from prunec.passes.probe.model import GatedAttention, GatedBlock, GatedMLP, ProbeSettings, rms_norm
 from prunec.passes.probe.static import static_choice
 from prunec.passes.reference import decoder_layers
-from torch import nn
 
 
 class GatedLlama(nn.Module):

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+from torch import nn
+
 from prunec.passes.probe import maths
 from prunec.passes.probe.layout import BlockGate, GateKind
-from torch import nn
 
 
 @dataclass(frozen=True)

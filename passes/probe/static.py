@@ -13,6 +13,7 @@ A head's score is the sum over its head_dim columns. The kept set is the ``keep`
 from __future__ import annotations
 
 import torch
+
 from prunec.compiler.ir import ProbeMetric
 from prunec.passes.probe.history import BlockHistory
 

@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_readme_spec_example_checks_clean() -> None:
-    blocks = re.findall(r"```prune\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```prune\n(.*?)```", README, re.DOTALL)
     assert blocks, "the README shows a spec"
     spec, diags = check_source(blocks[0], str(ROOT / "specs" / "readme.prune"))
     assert spec is not None and [d for d in diags if d.is_error] == []
@@ -22,7 +22,7 @@ def test_readme_spec_example_checks_clean() -> None:
 def test_readme_commands_exist() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    named = set(re.findall(r"^\| `prunec (\w+)", README, re.M))
+    named = set(re.findall(r"^\| `prunec (\w+)", README, re.MULTILINE))
     assert named and named <= set(sub.choices)  # type: ignore[attr-defined]
 
 

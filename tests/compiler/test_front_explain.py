@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 
 from frontkit import ROOT, SPECS
+from rich.console import Console
+
 from prunec.compiler.driver import load_spec
 from prunec.compiler.explain import estimate_manual_plan, explain, mlp_step, print_explanation
 from prunec.compiler.ir import SMOLLM2_135M
 from prunec.compiler.plan import Plan, param_count
-from rich.console import Console
 
 
 def _explain(name: str):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from frontkit import FIXTURES, MALFORMED, SPECS, VALID
+
 from prunec.compiler.driver import check_source
 from prunec.compiler.fmt import format_source
 from prunec.compiler.ir import strip_spans

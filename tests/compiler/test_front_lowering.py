@@ -9,6 +9,7 @@ import pytest
 from frontkit import HUB_CACHE, SPECS, VALID, dump_ir
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.driver import check_source, load_spec
 from prunec.compiler.ir import (

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from frontkit import MALFORMED, ROOT
+
 from prunec.compiler.codes import CODES, WARNINGS
 from prunec.compiler.driver import load_spec
 from prunec.compiler.render import _SourceLines, render_text

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 
+from rich.console import Console
+
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.render import dumps_json, print_diagnostics, render_text
-from rich.console import Console
 
 D = Diagnostic.error("P0104", "unknown method 'x'", Span("s.prune", 2, 7, 2, 8), "try y")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from frontkit import FIXTURES, HUB_CACHE
+
 from prunec.compiler.driver import check_source
 from prunec.compiler.ir import SMOLLM2_135M, ModelShape
 from prunec.compiler.shape import (

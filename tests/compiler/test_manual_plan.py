@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from prunec.compiler.diagnostics import CompileError, Span
 from prunec.compiler.ir import (
     BlockKind,

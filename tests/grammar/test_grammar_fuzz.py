@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from prunec.compiler.driver import check_source
 from prunec.grammar.parser import SyntaxProblem, parse
 

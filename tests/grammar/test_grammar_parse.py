@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from prunec.grammar.parser import ERROR_EXAMPLES, SyntaxProblem, comments, parse, parser
 
 ROOT = Path(__file__).resolve().parents[2]

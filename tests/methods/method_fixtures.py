@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     Distribution,

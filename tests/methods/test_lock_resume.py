@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from method_fixtures import calib_tokens, make_static
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import MethodOptions, compute_plan

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from method_fixtures import SPAN, make_static
+
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     DType,

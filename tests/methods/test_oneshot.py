@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from method_fixtures import SPAN, calib_tokens, make_static
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import SMOLLM2_135M, LayerSelector, Scope, SelectorKind, StaticMethod
 from prunec.passes.methods import MethodOptions, budget, compute_plan

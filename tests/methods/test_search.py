@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from method_fixtures import SPAN, calib_tokens, make_static
+
 from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod
 from prunec.passes.methods import MethodOptions, budget, compute_plan
 from prunec.passes.reference import shape_of

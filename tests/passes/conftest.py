@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from graphkit import VARIANTS, Captured
 
 from prunec.passes.tiny import torch_threads
-
-from graphkit import VARIANTS, Captured
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graphkit import Captured
 from torch import nn
 
 from prunec.compiler.diagnostics import CompileError, Span
 from prunec.compiler.ir import ModelShape
 from prunec.passes.analysis import analyze, get_tensor
 from prunec.passes.capture import capture
-
-from graphkit import Captured
 
 
 def test_every_layer_has_both_blocks(captured: Captured) -> None:

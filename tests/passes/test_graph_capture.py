@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graphkit import Captured
 
 from prunec.passes.reference import reference_logits, relative_error
-
-from graphkit import Captured
 
 
 @pytest.mark.parametrize(("batch", "seq"), [(1, 2), (3, 7), (2, 40)])

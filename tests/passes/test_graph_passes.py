@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graphkit import Captured
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.fx import GraphModule
@@ -20,8 +21,6 @@ from prunec.passes.infra import FunctionPass, PassContext, PassError, PassManage
 from prunec.passes.pipeline import PIPELINE, run_pipeline
 from prunec.passes.reference import reference_logits, relative_error
 from prunec.passes.tiny import random_plan
-
-from graphkit import Captured
 
 SIZES = ((1, 5), (3, 11), (2, 33))
 

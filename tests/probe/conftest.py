@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     LayerSelector,

@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+
 from prunec.passes.probe import ProbeRunner, calibrate_history
 from prunec.passes.reference import apply_plan_, relative_error, shape_of
 from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+
 from prunec.compiler.ir import ProbeMetric, ProbeMode, ProbeTarget
 from prunec.passes.probe import GateKind, ProbeRunner, calibrate_history, layer_gates
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of

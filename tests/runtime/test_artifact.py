@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from prunec.runtime.artifact import (
     ArtifactDir,
     clean_stale,

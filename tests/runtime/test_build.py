@@ -8,6 +8,7 @@ from typing import Any
 
 import buildkit
 import pytest
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import ParamsGate, PerplexityGate
 from prunec.compiler.plan import Plan, param_count

@@ -9,6 +9,7 @@ from typing import Any
 
 import buildkit
 import pytest
+
 from prunec.compiler.ir import (
     LayerSelector,
     OnnxExport,

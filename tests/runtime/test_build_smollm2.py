@@ -12,6 +12,7 @@ from pathlib import Path
 
 import buildkit
 import pytest
+
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
 from prunec.compiler.plan import Plan
 from prunec.runtime.cli import main

@@ -11,6 +11,7 @@ from typing import Any
 
 import buildkit
 import pytest
+
 from prunec.runtime import build as driver
 from prunec.runtime.cli import main
 

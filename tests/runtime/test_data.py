@@ -9,6 +9,7 @@ from typing import Any
 import buildkit
 import numpy as np
 import pytest
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import DataFormat
 from prunec.runtime.data import load_dataset, sample_chunks, token_stream

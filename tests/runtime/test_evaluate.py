@@ -11,13 +11,14 @@ from typing import Any
 import buildkit
 import pytest
 import torch
+from test_session import lookup_model
+
 from prunec.compiler.plan import Plan
 from prunec.passes.reference import apply_plan_, shape_of
 from prunec.passes.tiny import tiny_llama
 from prunec.runtime.data import load_dataset
 from prunec.runtime.evaluate import onnx_logits, perplexity, sequence_nll, torch_logits
 from prunec.runtime.session import open_session
-from test_session import lookup_model
 
 
 def test_sequence_nll_is_mean_next_token_nll() -> None:

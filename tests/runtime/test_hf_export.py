@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from prunec.compiler.plan import Plan
 from prunec.passes.reference import apply_plan_, shape_of
 from prunec.passes.tiny import tiny_llama

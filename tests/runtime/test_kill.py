@@ -18,6 +18,7 @@ from typing import Any
 
 import buildkit
 import pytest
+
 from prunec.runtime.artifact import clean_stale
 
 # (checkpoint to pause at, signal, expected exit status or None for "killed")

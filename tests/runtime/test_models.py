@@ -9,6 +9,7 @@ from pathlib import Path
 
 import buildkit
 import pytest
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
 from prunec.runtime import models

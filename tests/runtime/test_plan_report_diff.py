@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import SMOLLM2_135M
 from prunec.compiler.plan import Decision, LayerPlan, Plan

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from prunec.compiler.ir import Provider
 from prunec.runtime.session import CPU, available_providers, choose_providers, open_session
 
