@@ -66,6 +66,7 @@ class CompileJob:
     probe: Any = None  # ProbePolicy when the ONNX graph carries probe gating
     history_data: Any = None  # LongTensor [N, T]: initialises the probe history H
     max_len: int = 0  # longest sequence the gated graph must support
+    biases: Any = None  # {layer: LayerBias}: FLAP's output-bias compensation, or None
 
 
 CompileFn = Callable[[CompileJob], dict[str, Any]]
@@ -113,7 +114,8 @@ def graph_compile(job: CompileJob) -> dict[str, Any]:
     from prunec.passes.pipeline import prune_graph
     from prunec.runtime.export import export_onnx
 
-    graph, pass_report = prune_graph(job.model, job.plan, job.shape, job.span)
+    graph, pass_report = prune_graph(with_biases(job.model, job.biases), job.plan, job.shape,
+                                     job.span)
     info = export_onnx(graph, job.path, opset=job.opset)
     export = {k: v for k, v in _jsonable(info).items() if k != "path"}
     return {"passes": _jsonable(pass_report), "export": export}
@@ -131,10 +133,23 @@ def gated_compile(job: CompileJob) -> dict[str, Any]:
     model = job.model
     if job.plan != Plan.dense(job.shape, job.plan.method):
         model = apply_plan_(copy.deepcopy(job.model), job.plan, job.shape)
+    model = with_biases(model, job.biases, copied=model is not job.model)
     history = calibrate_history(model, job.shape, job.probe, job.history_data, job.max_len)
     info = export_gated_onnx(model, job.shape, job.probe, history, job.path, opset=job.opset)
     gated = {k: v for k, v in _jsonable(info).items() if not k.endswith("_path")}
     return {"gated": gated}
+
+
+def with_biases(model: Any, biases: Any, copied: bool = False) -> Any:
+    """``model`` with FLAP's output biases added to o_proj / down_proj (a copy unless
+    ``copied``; the bias is on the output side, so width passes leave it whole)."""
+    if not biases:
+        return model
+    import copy
+
+    from prunec.passes.reference import apply_output_biases_
+
+    return apply_output_biases_(model if copied else copy.deepcopy(model), biases)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -212,12 +227,22 @@ def write_hf_exports(spec: Spec, loaded: Any, plan: Plan, tmp: Path) -> None:
         export_hf(loaded.model, loaded.tokenizer, plan, tmp / e.directory)
 
 
-def bias_notes(method: Any) -> tuple[str, ...]:
-    if method is None or not method.biases:
+def method_biases(method: Any) -> Any:
+    """The method's output-bias compensation ({layer: LayerBias}), or None."""
+    return getattr(method, "biases", None) or None
+
+
+def bias_notes(spec: Spec, method: Any) -> tuple[str, ...]:
+    from prunec.compiler.ir import HfExport
+
+    biases = method_biases(method)
+    if biases is None:
         return ()
-    note = (f"the method computed output-bias compensation for {len(method.biases)} layers; "
-            "the graph compiler does not apply it yet (the ONNX model has no such biases)")
-    return (note,)
+    notes = [(f"output-bias compensation on {len(biases)} layers is in the ONNX graph "
+             "(o_proj / down_proj biases)")]
+    if any(isinstance(e, HfExport) for e in spec.exports):
+        notes.append("the hf export does not carry the output-bias compensation")
+    return tuple(notes)
 
 
 def write_plan_pictures(method: Any, plan: Plan, shape: Any, tmp: Path) -> None:
@@ -414,9 +439,9 @@ def _run(ctx: BuildContext, out: Path, start: float) -> BuildResult:
     artifact = ArtifactDir(out)
     with artifact as tmp:
         checkpoint("artifact-open")
-        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp)
+        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp, method_biases(method))
         report = dataclasses.replace(report, method_info=method_json(method),
-                                     notes=report.notes + bias_notes(method))
+                                     notes=report.notes + bias_notes(spec, method))
         with t.stage("write"):
             loaded.tokenizer.save_pretrained(str(tmp))
             write_json(tmp / "plan.json", plan.to_json())
@@ -490,14 +515,14 @@ def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> tuple[A
 
 
 def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
-                       dense: dict[str, Any], tmp: Path) -> BuildReport:
+                       dense: dict[str, Any], tmp: Path, biases: Any = None) -> BuildReport:
     from prunec.compiler.plan import param_count
 
     spec, t, export = ctx.spec, ctx.timings, onnx_settings(ctx.spec)
     onnx_path = tmp / export.file
     job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
-                     max((int(v.shape[1]) for v in data.values()), default=0))
+                     max((int(v.shape[1]) for v in data.values()), default=0), biases)
     with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), quiet_torch():
         compiled = (gated_compile if gated(spec) else ctx.compile_fn)(job)
     with t.stage("evaluate_pruned"):

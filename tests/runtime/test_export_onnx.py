@@ -112,3 +112,33 @@ def test_dense_onnx_file_contract(tmp_path: Path) -> None:
     embeddings = [t for t in proto.graph.initializer if shape.vocab in t.dims]
     assert len(embeddings) == 1  # tied: one copy of the embedding matrix
     assert info.opset == 18 and proto.opset_import[0].version == 18
+
+
+def test_output_bias_compensation_reaches_the_onnx_graph(tmp_path: Path) -> None:
+    """FLAP's biases (added to o_proj / down_proj outputs) survive the width passes and the
+    export: the ONNX logits equal apply_plan_ + apply_output_biases_ on the module."""
+    import onnxruntime as ort
+
+    from prunec.compiler.ir import Provider
+    from prunec.passes.methods.types import LayerBias
+    from prunec.passes.reference import apply_output_biases_
+    from prunec.runtime.build import CompileJob, graph_compile
+
+    model = tiny_llama(3, TinyConfig(layers=3))
+    shape = shape_of(model)
+    plan = every_rule_plan(shape)
+    gen = torch.Generator().manual_seed(0)
+    biases = {i: LayerBias(torch.randn(shape.hidden, generator=gen),
+                           torch.randn(shape.hidden, generator=gen)) for i in (0, 1, 2)}
+    path = tmp_path / "model.onnx"
+    job = CompileJob(model, plan, shape, path, 18, None, biases=biases)  # type: ignore[arg-type]
+    with torch_threads(1):
+        graph_compile(job)
+        ref = apply_output_biases_(apply_plan_(copy.deepcopy(model), plan, shape), biases)
+        ids = torch.randint(0, shape.vocab, (2, 11), generator=gen)
+        want = reference_logits(ref, ids)
+    sess = ort.InferenceSession(str(path), providers=[Provider.CPU.ort_name])
+    got = torch.from_numpy(sess.run(["logits"], {"input_ids": ids.numpy()})[0])
+    assert relative_error(got, want) <= 1e-4
+    no_bias = reference_logits(apply_plan_(copy.deepcopy(model), plan, shape), ids)
+    assert relative_error(no_bias, want) > 1e-2, "the biases must matter in this test"
