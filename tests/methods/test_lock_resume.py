@@ -15,17 +15,15 @@ from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import MethodOptions, compute_plan
 from prunec.passes.methods.lock import read_lock, write_lock
 from prunec.passes.reference import decoder_layers, shape_of
-from prunec.passes.tiny import TinyConfig, tiny_llama
+from prunec.passes.tiny import TinyConfig, tiny_llama, torch_threads
 
 CONFIG = TinyConfig(layers=4, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

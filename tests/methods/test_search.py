@@ -11,7 +11,7 @@ from method_fixtures import SPAN, calib_tokens, make_static
 from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod
 from prunec.passes.methods import MethodOptions, budget, compute_plan
 from prunec.passes.reference import shape_of
-from prunec.passes.tiny import TinyConfig, tiny_llama
+from prunec.passes.tiny import TinyConfig, tiny_llama, torch_threads
 
 CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 
@@ -19,10 +19,8 @@ CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, h
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny matmuls are fastest (and least disturbed by a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
