@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,9 @@ def test_missing_file(tmp_path: Path, tiny_tok: Any) -> None:
     assert code(exc) == "P0302"
 
 
-def test_hf_disk_without_pyarrow_is_a_diagnostic(tmp_path: Path, tiny_tok: Any) -> None:
-    try:
-        import pyarrow  # noqa: F401
-        pytest.skip("pyarrow is installed; the reader is tested below")
-    except ModuleNotFoundError:
-        pass
+def test_hf_disk_without_pyarrow_is_a_diagnostic(tmp_path: Path, tiny_tok: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
     decl = buildkit.dataset("d", ".", fmt=DataFormat.HF_DISK)
     with pytest.raises(CompileError) as exc:
         load_dataset(decl, tmp_path, tiny_tok)
