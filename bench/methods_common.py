@@ -34,6 +34,7 @@ from prunec.compiler.ir import (
     StaticPrune,
     Steps,
     Target,
+    WidthImportance,
 )
 from prunec.passes.methods import MethodResult
 from prunec.passes.methods.evaluator import head_nll
@@ -59,11 +60,12 @@ def tokens(tokenizer: Any, file: str, samples: int, seq_len: int) -> torch.Tenso
 
 
 def static(method: StaticMethod, params: float, mlp_step: int = 192,
-           distribution: tuple[float, float, float] = (0.3, 0.7, 0.0)) -> StaticPrune:
+           distribution: tuple[float, float, float] = (0.3, 0.7, 0.0),
+           importance: WidthImportance | None = None) -> StaticPrune:
     protect = (LayerSelector(SelectorKind.INDEX, 0, None, SPAN),)
     return StaticPrune(method, Target(params, None, None, None, SPAN),
                        Distribution(*distribution, SPAN), Steps(mlp_step, 1, SPAN), "calib",
-                       protect, True, Scope.PER_LAYER, SPAN)
+                       protect, True, Scope.PER_LAYER, SPAN, importance)
 
 
 @torch.no_grad()

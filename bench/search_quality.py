@@ -1,6 +1,7 @@
 """Held-out perplexity of the static methods on SmolLM2-135M at several parameter ratios.
 
-Methods: dense, multipruner, blockpruner, magnitude, wanda-sp, flap; calibration on
+Methods: dense, multipruner (the paper's magnitude reorder), multipruner-wanda (prunec's
+``importance = wanda-sp`` reorder), blockpruner, magnitude, wanda-sp, flap; calibration on
 specs/data/kjv-calib.txt, evaluation on specs/data/kjv-eval.txt (PyTorch modules via
 apply_plan_, FLAP biases included). BlockPruner's greedy path does not depend on the target
 (it stops at the first step past it), so one run to the largest ratio yields every ratio:
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from methods_common import load_demo, machine, perplexity, static, tokens, write_json
 
-from prunec.compiler.ir import StaticMethod
+from prunec.compiler.ir import StaticMethod, WidthImportance
 from prunec.compiler.plan import Plan
 from prunec.passes.methods import MethodOptions, MethodResult, budget, compute_plan
 
@@ -30,7 +31,8 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.1, 0.3])
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "flap",
-                                                     "multipruner", "blockpruner"])
+                                                     "multipruner", "multipruner-wanda",
+                                                     "blockpruner"])
     p.add_argument("--calib", default="2x64", help="samples x seq_len for calibration")
     p.add_argument("--eval", default="16x128", help="samples x seq_len held out")
     p.add_argument("--mlp-step", type=int, default=384)
@@ -93,7 +95,8 @@ def main() -> None:
             if method == "multipruner" and args.seed_blocks_from:
                 record(method, ratio, seeded_multipruner(lm, calib, ratio, args, dist))
                 continue
-            st = static(StaticMethod(method), ratio, args.mlp_step, dist)
+            st = static(StaticMethod(method.removesuffix("-wanda")), ratio, args.mlp_step, dist,
+                        WidthImportance.WANDA_SP if method.endswith("-wanda") else None)
             record(method, ratio, compute_plan(st, lm.model, lm.shape, calib,
                                                MethodOptions(progress=log_step)))
     print_table(report["rows"])

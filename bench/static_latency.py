@@ -4,7 +4,9 @@ Plans: a magnitude width plan computed here, MLP channels only: every layer keep
 same number c of intermediate channels (a multiple of 64), those with the largest
 L1(gate row) + L1(up row); c is the multiple of 64 whose parameter reduction
 (``compiler.plan.param_count``, embeddings included) is closest to 10 / 20 / 30 %.
-Attention is left whole.
+Attention is left whole. Each model is exported twice: ``plain`` (standard ONNX ops) and
+``fused`` (``fuse = on``, the build default: onnxruntime's RMSNorm / rotary / attention
+kernels, see ``prunec.runtime.export``); dense and pruned are compared within a variant.
 
 Timing: one session per model (default CPU options), inputs 1x512 and 4x128, warm-up, then
 ``--reps`` rounds of interleaved runs (dense, pruned, dense, pruned, ...) so both models see
@@ -40,7 +42,7 @@ from prunec.compiler.ir import DType, ModelDecl, ModelShape, ModelSource
 from prunec.compiler.plan import LayerPlan, Plan, flops_per_token, param_count
 from prunec.passes.capture import capture, reexport
 from prunec.passes.pipeline import run_pipeline
-from prunec.runtime.export import export_onnx
+from prunec.runtime.export import ExportConfig, export_onnx
 
 TARGETS = (0.10, 0.20, 0.30)
 INPUTS = ((1, 512), (4, 128))
@@ -48,8 +50,12 @@ RESULTS = Path(__file__).parent / "results" / "static_latency.json"
 REUSE = False  # set by --reuse
 
 
+VARIANTS = ("plain", "fused")
+
+
 @dataclass(frozen=True)
 class Point:
+    graph: str  # plain or fused
     target: float
     removed: float  # achieved fraction of all parameters removed
     kept_channels: int
@@ -85,8 +91,8 @@ def plan_for(shape: ModelShape, order: list[list[int]], target: float) -> tuple[
     return width_plan(shape, order, kept), kept
 
 
-def export(gm: torch.fx.GraphModule | None, plan: Plan, shape: ModelShape, path: Path
-           ) -> tuple[Path, dict[str, float]]:
+def export(gm: torch.fx.GraphModule | None, plan: Plan, shape: ModelShape, path: Path,
+           fuse: bool) -> tuple[Path, dict[str, float]]:
     """Passes, re-export and ONNX export of one plan, with the seconds of each stage
     (``--reuse``: an existing file from an earlier run with the same plan is kept)."""
     if gm is None or (REUSE and path.exists()):
@@ -96,7 +102,7 @@ def export(gm: torch.fx.GraphModule | None, plan: Plan, shape: ModelShape, path:
     t1 = time.perf_counter()
     program = reexport(pruned)
     t2 = time.perf_counter()
-    info = export_onnx(program, path)
+    info = export_onnx(program, path, config=ExportConfig(fuse=fuse))
     t3 = time.perf_counter()
     return info.path, {"passes_s": t1 - t0, "reexport_s": t2 - t1, "onnx_export_s": t3 - t2}
 
@@ -136,8 +142,8 @@ def machine() -> dict[str, Any]:
             "load_average_at_start": os.getloadavg()}
 
 
-def measure(target: float, kept: int, plan: Plan, shape: ModelShape, sessions: tuple[Any, Any],
-            reps: int) -> list[Point]:
+def measure(graph: str, target: float, kept: int, plan: Plan, shape: ModelShape,
+            sessions: tuple[Any, Any], reps: int) -> list[Point]:
     dense_plan = Plan.dense(shape)
     removed = 1 - param_count(shape, plan) / param_count(shape, dense_plan)
     rng = np.random.default_rng(0)
@@ -147,15 +153,15 @@ def measure(target: float, kept: int, plan: Plan, shape: ModelShape, sessions: t
         dense_ms, pruned_ms = interleaved_ms(*sessions, ids, reps)
         bound = flops_per_token(shape, dense_plan, seq) / flops_per_token(shape, plan, seq)
         speedup = dense_ms / pruned_ms
-        points.append(Point(target, removed, kept, batch, seq, dense_ms, pruned_ms, speedup,
+        points.append(Point(graph, target, removed, kept, batch, seq, dense_ms, pruned_ms, speedup,
                             bound, speedup / bound))
     return points
 
 
 def print_table(points: list[Point]) -> None:
-    header = ("target", "removed", "mlp kept", "input", "dense ms", "pruned ms", "speedup",
+    header = ("graph", "target", "removed", "mlp kept", "input", "dense ms", "pruned ms", "speedup",
               "FLOPs bound", "efficiency")
-    rows = [(f"{p.target:.0%}", f"{p.removed:.1%}", str(p.kept_channels), f"{p.batch}x{p.seq}",
+    rows = [(p.graph, f"{p.target:.0%}", f"{p.removed:.1%}", str(p.kept_channels), f"{p.batch}x{p.seq}",
              f"{p.dense_ms:.1f}", f"{p.pruned_ms:.1f}", f"{p.speedup:.3f}",
              f"{p.flops_bound:.3f}", f"{p.efficiency:.2f}") for p in points]
     try:
@@ -186,18 +192,24 @@ def run(reps: int, workdir: Path) -> dict[str, Any]:
     model, shape = load_demo()
     build = {"load_s": time.perf_counter() - start}
     order = channel_order(model)
-    paths = [workdir / "dense.onnx"] + [workdir / f"pruned-{round(t * 100)}.onnx" for t in TARGETS]
+    names = ["dense"] + [f"pruned-{round(t * 100)}" for t in TARGETS]
+    paths = [workdir / f"{n}-{v}.onnx" for v in VARIANTS for n in names]
     start = time.perf_counter()
     gm = None if REUSE and all(p.exists() for p in paths) else capture(model)
     build["capture_s"] = time.perf_counter() - start
-    dense_path, _ = export(gm, Plan.dense(shape), shape, paths[0])
-    dense = session(dense_path)
     points: list[Point] = []
-    for target, target_path in zip(TARGETS, paths[1:]):
-        plan, kept = plan_for(shape, order, target)
-        path, times = export(gm, plan, shape, target_path)
-        build |= {f"{k}@{target:.0%}": v for k, v in times.items()}
-        points += measure(target, kept, plan, shape, (dense, session(path)), reps)
+    for variant in VARIANTS:
+        fuse = variant == "fused"
+        dense_path, times = export(gm, Plan.dense(shape), shape,
+                                   workdir / f"dense-{variant}.onnx", fuse)
+        build |= {f"{k}@dense-{variant}": v for k, v in times.items()}
+        dense = session(dense_path)
+        for target, name in zip(TARGETS, names[1:]):
+            plan, kept = plan_for(shape, order, target)
+            path, times = export(gm, plan, shape, workdir / f"{name}-{variant}.onnx", fuse)
+            build |= {f"{k}@{target:.0%}-{variant}": v for k, v in times.items()}
+            points += measure(variant, target, kept, plan, shape, (dense, session(path)), reps)
+        del dense
     return {"benchmark": "static_latency", "model": "SmolLM2-135M-Instruct (float32)",
             "plan": "magnitude width, MLP channels only, same width in every layer",
             "reps": reps, "machine": machine(), "build_seconds": build,

@@ -35,6 +35,7 @@ from prunec.compiler.ir import (
     StaticPrune,
     Steps,
     Target,
+    WidthImportance,
 )
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, object] = {
     "dataset.field": "text",
     "prune.distribution": "44:52:4",
     "prune.reorder": True,
+    "prune.importance": "magnitude",
     "prune.scope": "per-layer",
     "probe.targets": "[mlp, heads]",
     "probe.skip": "layers[0..2]",
@@ -167,10 +169,20 @@ def prune_block(method: StaticMethod, f: Fields, sink: list[Diagnostic]) -> Stat
     score = f.get("score", sx.name, None, sink)
     reorder = f.get("reorder", sx.boolean, True, sink)
     scope = f.get("scope", _enum(Scope), Scope.PER_LAYER, sink)
+    importance = f.get("importance", _enum(WidthImportance), None, sink)
+    if importance is not None:
+        at = f.attrs["importance"].span
+        if method is not StaticMethod.MULTIPRUNER:
+            sink.append(Diagnostic.error(
+                "P0211", f"'importance' applies to multipruner, not {method.value}", at))
+        elif not reorder:
+            sink.append(Diagnostic.error(
+                "P0211", "'importance' orders the reorder, but reorder = off", at,
+                "drop importance, or set reorder = on"))
     if target is None:
         return None
     return StaticPrune(method, target, distribution, steps, score, protect, reorder, scope,
-                       f.span)
+                       f.span, importance)
 
 
 _EMPTY = sx.ListV((), Span("", 0, 0, 0, 0))

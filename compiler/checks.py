@@ -391,6 +391,9 @@ def _onnx_fits(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:
     if e.gating and ctx.spec.probe is None:
         yield _err("P0210", "gating = on needs a probe policy", e.span,
                    "add a probe { ratio = ... } block or set gating = off")
+    if e.gating and e.fuse:
+        yield _err("P0221", "fuse = on is not supported with gating = on", e.span,
+                   "drop fuse = on: gated graphs are exported with standard ONNX ops")
 
 
 def check_params_gate(ctx: Context) -> Iterator[Diagnostic]:

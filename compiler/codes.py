@@ -65,6 +65,7 @@ CODES: dict[str, str] = {
     "P0218": "two exports write the same file",
     "P0219": "every layer is protected or skipped: nothing can be pruned",
     "P0220": "a dataset is declared but never used",
+    "P0221": "onnxruntime fusions are not supported on gated graphs",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",

@@ -32,6 +32,7 @@ from prunec.compiler.ir import (
     RemoveBlock,
     Spec,
     StaticPrune,
+    WidthImportance,
 )
 from prunec.compiler.plan import LayerPlan, Plan, param_count
 
@@ -145,7 +146,9 @@ def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
         groups = st.head_groups if st and st.head_groups else 1
         rows += [Row("static", "distribution", share),
                  Row("static", "steps", f"{mlp} MLP channels, {groups} KV group(s) of heads"),
-                 Row("static", "reorder", "on" if s.reorder else "off")]
+                 Row("static", "reorder", (
+                     f"on, by {(s.importance or WidthImportance.MAGNITUDE).value}"
+                     if s.reorder else "off"))]
     rows += [Row("static", "score on", s.score_dataset or "(weights only)"),
              Row("static", "protect", _layers(resolved(s.protect, shape.n_layers)))]
     if t.params is not None:
@@ -273,7 +276,8 @@ def _export_row(e: object) -> Row:
     if isinstance(e, OnnxExport):
         prov = ", ".join(p.value for p in e.providers)
         return Row("export", "onnx", f"{e.file}, opset {e.opset}, gating "
-                   f"{'on' if e.gating else 'off'}, providers [{prov}]")
+                   f"{'on' if e.gating else 'off'}, fuse {'on' if e.fuse else 'off'}, "
+                   f"providers [{prov}]")
     return Row("export", "hf", getattr(e, "directory", ""))
 
 

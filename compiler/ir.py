@@ -121,6 +121,13 @@ class StaticMethod(enum.Enum):
     FLAP = "flap"
 
 
+class WidthImportance(enum.Enum):
+    """MultiPruner's within-layer order for width cuts (the prune block's ``importance``)."""
+
+    MAGNITUDE = "magnitude"  # the paper: L1 of gate/up rows; of a head's q/k/v rows
+    WANDA_SP = "wanda-sp"  # activation-aware: sum_i |W_ik| * sqrt(mean x_k^2), calibration data
+
+
 class Scope(enum.Enum):
     """How one-shot width methods spread the ratio: same ratio per layer, or one global ranking."""
 
@@ -167,9 +174,10 @@ class StaticPrune:
     steps: Steps | None
     score_dataset: str | None  # the dataset that scores candidates / calibrates one-shot methods
     protect: tuple[LayerSelector, ...]
-    reorder: bool  # MultiPruner's optional magnitude reorder
+    reorder: bool  # MultiPruner's optional reorder (off: width cuts take the last channels)
     scope: Scope
     span: Span
+    importance: WidthImportance | None = None  # multipruner reorder criterion; None = magnitude
 
 
 class BlockKind(enum.Enum):
@@ -288,6 +296,7 @@ class OnnxExport:
     gating: bool  # dynamic probe gating ops in the graph (needs a probe policy)
     providers: tuple[Provider, ...]
     span: Span
+    fuse: bool = False  # onnxruntime fused kernels (lowering: on unless gating, see lower.py)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class Lower(Transformer[Token, Any]):
         self.file = file
         self.sink: list[Diagnostic] = []
         self._explicit_gating: set[Span] = set()
+        self._explicit_fuse: set[Span] = set()
         self.model_known = True  # False when the model block is missing or unreadable
 
     # ------------------------------------------------------------------ helpers
@@ -167,7 +168,7 @@ class Lower(Transformer[Token, Any]):
 
     def prune(self, meta: Meta, c: list[Any]) -> StaticPrune | None:
         method = sx.word(self.word(c[0]), "method", StaticMethod, self.sink)
-        keys = ("target", "distribution", "score", "protect", "reorder", "scope")
+        keys = ("target", "distribution", "score", "protect", "reorder", "importance", "scope")
         f = self._fields(c[1], meta, "the prune block", keys, ("target", "steps"))
         got = bl.prune_block(method or StaticMethod.MAGNITUDE, f, self.sink)
         return got if method is not None else None
@@ -191,15 +192,18 @@ class Lower(Transformer[Token, Any]):
         return self._onnx(loc or "model.onnx", body, meta)
 
     def _onnx(self, file: str, body: Any, meta: Meta) -> OnnxExport:
-        f = self._fields(body, meta, "export onnx", ("opset", "gating", "providers"))
+        f = self._fields(body, meta, "export onnx", ("opset", "gating", "providers", "fuse"))
         if "gating" in f.attrs:
             self._explicit_gating.add(self.span(meta))
+        if "fuse" in f.attrs:
+            self._explicit_fuse.add(self.span(meta))
         return OnnxExport(
             file=file,
             opset=f.get("opset", sx.integer, 18, self.sink),
             gating=f.get("gating", sx.boolean, False, self.sink),
             providers=bl.providers(f.attrs.get("providers"), self.sink),
             span=self.span(meta),
+            fuse=f.get("fuse", sx.boolean, False, self.sink),
         )
 
     # --------------------------------------------------------------------- plan
@@ -320,8 +324,14 @@ class Lower(Transformer[Token, Any]):
         )
 
     def _default_gating(self, e: Export, has_probe: bool) -> Export:
-        if isinstance(e, OnnxExport) and e.span not in self._explicit_gating:
-            return replace(e, gating=has_probe)
+        """Defaults that depend on the whole spec: gating = on with a probe block; fuse = on
+        for static graphs (off for gated ones, where fusion is not supported)."""
+        if not isinstance(e, OnnxExport):
+            return e
+        if e.span not in self._explicit_gating:
+            e = replace(e, gating=has_probe)
+        if e.span not in self._explicit_fuse:
+            e = replace(e, fuse=not e.gating)
         return e
 
 

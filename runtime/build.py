@@ -67,6 +67,7 @@ class CompileJob:
     history_data: Any = None  # LongTensor [N, T]: initialises the probe history H
     max_len: int = 0  # longest sequence the gated graph must support
     biases: Any = None  # {layer: LayerBias}: FLAP's output-bias compensation, or None
+    fuse: bool = False  # onnxruntime fused kernels in the static graph (``export.fuse``)
 
 
 CompileFn = Callable[[CompileJob], dict[str, Any]]
@@ -112,11 +113,11 @@ class Timings:
 def graph_compile(job: CompileJob) -> dict[str, Any]:
     """The real backend: torch.fx passes (``prunec.passes.pipeline``) then ONNX export."""
     from prunec.passes.pipeline import prune_graph
-    from prunec.runtime.export import export_onnx
+    from prunec.runtime.export import ExportConfig, export_onnx
 
     graph, pass_report = prune_graph(with_biases(job.model, job.biases), job.plan, job.shape,
                                      job.span)
-    info = export_onnx(graph, job.path, opset=job.opset)
+    info = export_onnx(graph, job.path, config=ExportConfig(opset=job.opset, fuse=job.fuse))
     export = {k: v for k, v in _jsonable(info).items() if k != "path"}
     return {"passes": _jsonable(pass_report), "export": export}
 
@@ -192,7 +193,7 @@ def failed_report_path(out: Path) -> Path:
 
 def onnx_settings(spec: Spec) -> OnnxExport:
     found = spec.onnx_export()
-    return found or OnnxExport("model.onnx", 18, False, (Provider.CPU,), spec.span)
+    return found or OnnxExport("model.onnx", 18, False, (Provider.CPU,), spec.span, fuse=True)
 
 
 def unsupported(spec: Spec) -> list[Diagnostic]:
@@ -522,7 +523,8 @@ def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[st
     onnx_path = tmp / export.file
     job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
-                     max((int(v.shape[1]) for v in data.values()), default=0), biases)
+                     max((int(v.shape[1]) for v in data.values()), default=0), biases,
+                     export.fuse)
     with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), quiet_torch():
         compiled = (gated_compile if gated(spec) else ctx.compile_fn)(job)
     with t.stage("evaluate_pruned"):

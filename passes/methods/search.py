@@ -7,9 +7,12 @@ with the lowest perplexity (ties: the earlier candidate in layer order, attentio
 - mlp: shrink one layer's MLP by ``budget.mlp_step`` channels (width stays > 0);
 - heads: drop ``budget.head_step`` whole KV groups of one layer (its query heads and its k/v
   rows; at least one group stays). Whole groups keep the plan's GQA invariant and cut k/v too.
-Within a layer, importance is static magnitude (``reorder``): width cuts drop the weakest
-channels / KV groups (``importance.mlp_magnitude`` / summed ``head_magnitude``); without
-reorder they drop the last ones in the original order.
+Within a layer, width cuts drop the weakest channels / KV groups under the reorder's
+``importance``: ``magnitude`` (the paper; ``importance.mlp_magnitude`` / summed
+``head_magnitude``) or ``wanda-sp`` (prunec's activation-aware option: the wanda-sp column
+scores of down_proj / o_proj from the dense model's inputs on the score dataset, a KV group
+scored by the sum over its query heads); without reorder they drop the last ones in the
+original order. Either way the order is fixed before the search (deterministic).
 Stopping: for a ``params`` target, stage s runs while the removed parameters are below
 (d0 + ... + ds) * goal (MultiPruner: d = distribution, default 44:52:4; BlockPruner: blocks
 only, d = 1:0:0); for per-dimension targets, while the removed blocks / channels / heads are
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from prunec.compiler.diagnostics import CompileError, Diagnostic
-from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune
+from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune, WidthImportance
 from prunec.compiler.plan import Decision, LayerPlan, Plan
 from prunec.passes.methods import budget, importance, resume
 from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
@@ -54,17 +57,22 @@ class Orders:
     groups: tuple[tuple[int, ...], ...]
 
 
-def magnitude_orders(model: nn.Module, shape: ModelShape, reorder: bool) -> Orders:
-    if not reorder:
+def width_orders(static: StaticPrune, model: nn.Module, shape: ModelShape,
+                 calib: torch.Tensor, batch_size: int) -> Orders:
+    """The per-layer cut order for ``static`` (see the module docstring)."""
+    if not static.reorder:
         return Orders(((tuple(range(shape.intermediate)),) * shape.n_layers),
                       ((tuple(range(shape.n_kv_heads)),) * shape.n_layers))
-    channels, groups = [], []
-    for layer in decoder_layers(model):
-        c = importance.mlp_magnitude(layer)
-        g = importance.head_magnitude(layer, shape).view(shape.n_kv_heads, -1).sum(1)
-        channels.append(_descending(c))
-        groups.append(_descending(g))
-    return Orders(tuple(channels), tuple(groups))
+    layers = decoder_layers(model)
+    if static.importance is WidthImportance.WANDA_SP:
+        stats = importance.collect_stats(model, calib, batch_size)
+        scores = [importance.activation_scores(layer, st, shape, importance.wanda_sp_columns)
+                  for layer, st in zip(layers, stats)]
+    else:
+        scores = [(importance.mlp_magnitude(layer), importance.head_magnitude(layer, shape))
+                  for layer in layers]
+    return Orders(tuple(_descending(c) for c, _ in scores),
+                  tuple(_descending(h.view(shape.n_kv_heads, -1).sum(1)) for _, h in scores))
 
 
 def _descending(scores: torch.Tensor) -> tuple[int, ...]:
@@ -194,7 +202,7 @@ def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
     score = engine.current()
     if state.dense_score is None:
         state.dense_score = score
-    orders = magnitude_orders(model, shape, static.reorder)
+    orders = width_orders(static, model, shape, calib, options.batch_size)
 
     def sync() -> None:
         state.layer_forwards = base_forwards + engine.counters.layer_forwards

@@ -163,3 +163,18 @@ def test_distribution_shares_sum_to_one(parts: tuple[int, int, int]) -> None:
     d = spec.static.distribution
     assert d.blocks + d.mlp + d.heads == pytest.approx(1.0)
     assert d.blocks * sum(parts) == pytest.approx(parts[0])
+
+
+@pytest.mark.parametrize(("body", "probe", "want"), [
+    ("", False, (False, True)),  # static: fused by default
+    ("", True, (True, False)),  # gated: not fused
+    ("fuse = off", False, (False, False)),
+    ("gating = off", True, (False, True)),  # a probe spec exported statically is fused
+    ("gating = off fuse = off", True, (False, False)),
+])
+def test_fuse_defaults_follow_gating(body: str, probe: bool, want: tuple[bool, bool]) -> None:
+    text = 'model demo\ndataset c text "data/kjv-calib.txt"\n'
+    text += "probe {\n  ratio = 40%\n  history = c\n}\n" if probe else ""
+    text += f'export onnx "m.onnx" {{ {body} }}\n'
+    onnx = _check(text).onnx_export()
+    assert onnx is not None and (onnx.gating, onnx.fuse) == want

@@ -13,6 +13,7 @@ from prunec.compiler.ir import (
     StaticPrune,
     Steps,
     Target,
+    WidthImportance,
 )
 
 SPAN = Span("test.prune", 7, 3, 7, 20)
@@ -23,11 +24,12 @@ def make_static(method: StaticMethod, params: float | None = 0.2, *,
                 blocks: float | None = None, scope: Scope = Scope.PER_LAYER,
                 protect: tuple[LayerSelector, ...] = (), reorder: bool = True,
                 distribution: tuple[float, float, float] | None = None,
-                steps: tuple[int | None, int | None] | None = None) -> StaticPrune:
+                steps: tuple[int | None, int | None] | None = None,
+                importance: WidthImportance | None = None) -> StaticPrune:
     dist = None if distribution is None else Distribution(*distribution, SPAN)
     st = None if steps is None else Steps(steps[0], steps[1], SPAN)
     return StaticPrune(method, Target(params, mlp, heads, blocks, SPAN), dist, st, "calib",
-                       protect, reorder, scope, SPAN)
+                       protect, reorder, scope, SPAN, importance)
 
 
 def calib_tokens(samples: int = 6, seq_len: int = 24, seed: int = 5) -> torch.Tensor:

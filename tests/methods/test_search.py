@@ -8,7 +8,7 @@ import pytest
 import torch
 from method_fixtures import SPAN, calib_tokens, make_static
 
-from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod
+from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod, WidthImportance
 from prunec.passes.methods import MethodOptions, budget, compute_plan
 from prunec.passes.reference import shape_of
 from prunec.passes.tiny import TinyConfig, tiny_llama, torch_threads
@@ -41,11 +41,13 @@ def _search(model, calib, method=StaticMethod.MULTIPRUNER, mode="fast", **kw):
                                 MethodOptions(mode=mode, batch_size=2, **opts))
 
 
-@pytest.mark.parametrize("method", [StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER])
-def test_fast_engine_chooses_exactly_the_reference_plan(model, calib, method) -> None:
+@pytest.mark.parametrize(("method", "importance"), [
+    (StaticMethod.MULTIPRUNER, None), (StaticMethod.MULTIPRUNER, WidthImportance.WANDA_SP),
+    (StaticMethod.BLOCKPRUNER, None)])
+def test_fast_engine_chooses_exactly_the_reference_plan(model, calib, method, importance) -> None:
     protect = (LayerSelector(SelectorKind.INDEX, -1, None, SPAN),)
-    _, fast = _search(model, calib, method, "fast", protect=protect)
-    _, ref = _search(model, calib, method, "reference", protect=protect)
+    _, fast = _search(model, calib, method, "fast", protect=protect, importance=importance)
+    _, ref = _search(model, calib, method, "reference", protect=protect, importance=importance)
     assert fast.plan == ref.plan
     assert [d.score for d in fast.plan.decisions] == [d.score for d in ref.plan.decisions]
     assert fast.stats.candidate_evaluations == ref.stats.candidate_evaluations
@@ -85,3 +87,26 @@ def test_progress_events_cover_every_candidate(model, calib) -> None:
     finished = [e for e in sweeps if e.done == e.total]
     assert len(finished) == len({e.task for e in sweeps}) and finished[-1].score is not None
     assert any("stage" in e.task for e in events)
+
+
+def test_wanda_sp_importance_cuts_the_lowest_activation_scores(model, calib) -> None:
+    """importance = wanda-sp: every MLP cut keeps the channels with the highest wanda-sp
+    scores (dense model, score dataset), which here differ from the magnitude order."""
+    from prunec.passes.methods import importance as imp
+    from prunec.passes.reference import decoder_layers
+
+    shape = shape_of(model)
+    _, result = _search(model, calib, params=None, mlp=0.25, distribution=None,
+                        importance=WidthImportance.WANDA_SP)
+    stats = imp.collect_stats(model, calib, 2)
+    cut = [lp for lp in result.plan.layers if lp.kept_channels is not None]
+    assert cut
+    differs = False
+    for lp in cut:
+        layer = decoder_layers(model)[lp.index]
+        wanda, _ = imp.activation_scores(layer, stats[lp.index], shape, imp.wanda_sp_columns)
+        n = len(lp.kept_channels)
+        assert set(lp.kept_channels) == set(torch.topk(wanda, n).indices.tolist())
+        differs |= set(lp.kept_channels) != set(
+            torch.topk(imp.mlp_magnitude(layer), n).indices.tolist())
+    assert differs

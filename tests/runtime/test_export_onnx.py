@@ -22,7 +22,7 @@ from prunec.compiler.plan import LayerPlan, Plan, param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
 from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama, torch_threads
-from prunec.runtime.export import export_onnx
+from prunec.runtime.export import ExportConfig, export_onnx
 
 SIZES = ((2, 1), (1, 2), (1, 19), (4, 7), (3, 64))
 BIAS_UNTIED = TinyConfig(layers=3, heads=8, kv_heads=4, attention_bias=True, tied=False)
@@ -62,18 +62,30 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
+FUSED_OPS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "MultiHeadAttention"}  # onnxruntime kernels (the first in the default domain)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_onnx_matches_reference(case: str, tmp_path: Path) -> None:
+def test_onnx_matches_reference(case: str, fuse: bool, tmp_path: Path) -> None:
     config, make_plan = CASES[case]
     model = tiny_llama(len(case), config)
     shape = shape_of(model)
     plan = make_plan(shape)
     program, _ = prune_graph(model, plan, shape)
-    info = export_onnx(program, tmp_path / "model.onnx")
+    info = export_onnx(program, tmp_path / "model.onnx", config=ExportConfig(fuse=fuse))
+    ops = {n.op_type for n in onnx.load(str(info.path)).graph.node}
+    if fuse:  # every kind of fusion found a match (attention: the layers that keep it)
+        assert ops >= FUSED_OPS and set(info.fusions) >= {
+            "rms_normalization", "skip_rms_normalization", "sdpa_via_mha"}
+    else:
+        assert not ops & FUSED_OPS and not info.fusions
     # weights shrink physically: the initializers are exactly the plan's parameters (plus
     # q/k/v/o biases, which param_count leaves out, and the rotary inverse frequencies)
     biases = attention_biases(shape, plan) if config.attention_bias else 0
-    assert info.parameters == param_count(shape, plan) + biases + shape.head_dim // 2
+    if not fuse:  # (fusion folds constants: transposed weights, unit norm scales)
+        assert info.parameters == param_count(shape, plan) + biases + shape.head_dim // 2
     assert_matches(info.path, apply_plan_(copy.deepcopy(model), plan, shape), shape.vocab)
 
 

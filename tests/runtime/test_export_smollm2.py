@@ -1,7 +1,8 @@
 """SmolLM2-135M (the demo model): a random plan's ONNX logits match the reference.
 
 Exactness as for the tiny models: ``max|onnx - ref| / max|ref| <= 1e-4``, onnxruntime CPU
-vs the module-level pruned model (``apply_plan_``), two batch/seq sizes of one file.
+vs the module-level pruned model (``apply_plan_``), two batch/seq sizes of one file. The
+file is exported as builds ship it: with onnxruntime's fused kernels (``fuse = on``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prunec.compiler.plan import param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error
 from prunec.passes.tiny import random_plan
-from prunec.runtime.export import export_onnx
+from prunec.runtime.export import ExportConfig, export_onnx
 
 
 @pytest.mark.slow
@@ -33,7 +34,8 @@ def test_smollm2_random_plan_onnx_matches_reference(tmp_path: Path) -> None:
     loaded = load_model(decl, tmp_path)
     plan = random_plan(loaded.shape, seed=2025, p_remove=0.1)
     program, _ = prune_graph(loaded.model, plan, loaded.shape)
-    info = export_onnx(program, tmp_path / "smollm2.onnx")
+    info = export_onnx(program, tmp_path / "smollm2.onnx", config=ExportConfig(fuse=True))
+    assert info.fusions["rms_normalization"] == 61 - 60  # final norm; the rest fuse with +
     assert not info.external_data and info.bytes < 2 * 1024**3
     assert info.parameters == param_count(loaded.shape, plan) + loaded.shape.head_dim // 2
     session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
