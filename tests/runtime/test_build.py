@@ -142,3 +142,37 @@ def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
     assert plan.validate(loaded.shape) == []
     dense = param_count(loaded.shape, Plan.dense(loaded.shape))
     assert param_count(loaded.shape, plan) < dense
+
+
+def test_locked_rebuild_is_byte_identical_and_refuses_a_changed_spec(
+        tiny_dir: Path, tmp_path: Path) -> None:
+    """A MultiPruner build writes plan.lock.json; ``--lock`` rebuilds without searching and
+    writes the same model.onnx, byte for byte; a lock from another target is refused."""
+    import dataclasses
+
+    from prunec.compiler.ir import Distribution, Scope, StaticMethod, StaticPrune, Steps, Target
+
+    def spec_with(target: float) -> Any:
+        static = StaticPrune(StaticMethod.MULTIPRUNER,
+                             Target(target, None, None, None, buildkit.span(8)),
+                             Distribution(0.3, 0.7, 0.0, buildkit.span(9)),
+                             Steps(32, None, buildkit.span(10)), "calib", (), True,
+                             Scope.PER_LAYER, buildkit.span(7))
+        data = (buildkit.dataset("calib", buildkit.KJV_CALIB, samples=2, seq_len=16),
+                buildkit.dataset("eval", buildkit.KJV_EVAL, cut=(0.0, 0.5)))
+        spec = buildkit.make_spec(tiny_dir, datasets=data)
+        return dataclasses.replace(spec, static=static)
+
+    searched = build(spec_with(0.2), Path.cwd(), BuildOptions(tmp_path / "a", quiet=True))
+    lock = tmp_path / "a" / "plan.lock.json"
+    assert lock.is_file() and json.loads(lock.read_text())["plan"]["decisions"]
+    locked = build(spec_with(0.2), Path.cwd(),
+                   BuildOptions(tmp_path / "b", quiet=True, lock=lock))
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["method_info"]["from_lock"] is True
+    assert searched.passed and locked.passed
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    with pytest.raises(CompileError) as exc:
+        build(spec_with(0.3), Path.cwd(), BuildOptions(tmp_path / "c", quiet=True, lock=lock))
+    assert exc.value.diagnostics[0].code == "P0701"
+    assert not (tmp_path / "c").exists()
