@@ -359,6 +359,8 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied_embeddings: bool
+    qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2; Llama attention_bias)
+    o_bias: bool = False  # o_proj carries a bias (Llama / Mistral attention_bias)
 
     @property
     def group_size(self) -> int:

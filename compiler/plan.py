@@ -148,6 +148,7 @@ def param_count(shape: ModelShape, plan: Plan) -> int:
             nq = shape.n_heads if lp.kept_heads is None else len(lp.kept_heads)
             nkv = len(lp.kv_groups_kept(shape))
             total += h + 2 * h * nq * d + 2 * h * nkv * d  # norm, q, o, k, v
+            total += (nq + 2 * nkv) * d * shape.qkv_bias + h * shape.o_bias  # biases
         if not lp.mlp_removed:
             c = shape.intermediate if lp.kept_channels is None else len(lp.kept_channels)
             total += h + 3 * h * c

@@ -79,11 +79,20 @@ def from_config(config: Path) -> ModelShape:
     return shape_from_config_dict(data, str(config))
 
 
+def attention_biases(model_type: str, attention_bias: object) -> tuple[bool, bool]:
+    """(q/k/v biases, o_proj bias): Qwen2 always has q/k/v biases and no o_proj bias; Llama
+    and Mistral have all four when the config's ``attention_bias`` is true."""
+    if model_type == "qwen2":
+        return True, False
+    return bool(attention_bias), bool(attention_bias)
+
+
 def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
     arch = str(c.get("model_type", ""))
     if arch not in SUPPORTED:
         raise ShapeProblem("P0303", f"{where}: model_type '{arch}' is not supported",
                            "prunec prunes Llama-style decoders: " + ", ".join(SUPPORTED))
+    qkv, o = attention_biases(arch, c.get("attention_bias", False))
     try:
         heads = int(c["num_attention_heads"])
         hidden = int(c["hidden_size"])
@@ -93,6 +102,7 @@ def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
             n_kv_heads=int(c.get("num_key_value_heads") or heads),
             head_dim=int(c.get("head_dim") or hidden // heads), vocab=int(c["vocab_size"]),
             tied_embeddings=bool(c.get("tie_word_embeddings", False)),
+            qkv_bias=qkv, o_bias=o,
         )
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise ShapeProblem("P0303", f"{where}: missing or bad field {exc}") from None
@@ -130,10 +140,10 @@ def from_gguf(path: Path) -> ModelShape:
     if not path.is_file():
         raise ShapeProblem("P0301", f"GGUF file {path} does not exist")
     try:
-        meta, n_tokens, tied = scan_gguf(path)
+        meta, n_tokens, names = scan_gguf(path)
     except (OSError, ValueError, struct.error, RecursionError):
         return from_gguf_reader(path)  # unusual files: let gguf parse (or explain) them
-    return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
+    return shape_from_gguf_meta(meta, n_tokens, names, str(path))
 
 
 def from_gguf_reader(path: Path) -> ModelShape:
@@ -145,19 +155,19 @@ def from_gguf_reader(path: Path) -> ModelShape:
         meta = {k: f.contents() for k, f in reader.fields.items()
                 if not k.startswith("tokenizer.")}
         tokens = reader.fields.get("tokenizer.ggml.tokens")
-        tied = not any(t.name == "output.weight" for t in reader.tensors)
+        names = {str(t.name) for t in reader.tensors}
     except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, OSError, struct errors...
         raise ShapeProblem("P0303", f"cannot read GGUF metadata of {path}: {exc}") from None
     n_tokens = len(tokens.data) if tokens is not None else None
-    return shape_from_gguf_meta(meta, n_tokens, tied, str(path))
+    return shape_from_gguf_meta(meta, n_tokens, names, str(path))
 
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
              10: "<Q", 11: "<q", 12: "<d"}
 
 
-def scan_gguf(path: Path) -> tuple[dict[str, Any], int | None, bool]:
-    """(scalar metadata, vocabulary size, tied embeddings) from a GGUF v2/v3 header.
+def scan_gguf(path: Path) -> tuple[dict[str, Any], int | None, set[str]]:
+    """(scalar metadata, vocabulary size, tensor names) from a GGUF v2/v3 header.
 
     Reads only the key/value section and tensor names (arrays are skipped, not decoded),
     so it takes milliseconds where ``GGUFReader`` takes seconds. Raises ValueError,
@@ -176,13 +186,13 @@ def scan_gguf(path: Path) -> tuple[dict[str, Any], int | None, bool]:
                 n_tokens = count
             elif count is None:
                 meta[key] = value
-        names: list[str] = []
+        names: set[str] = set()
         for _ in range(n_tensors):
             name, pos = _gguf_str(m, pos)
             (n_dims,) = struct.unpack_from("<I", m, pos)
             pos += 4 + 8 * n_dims + 4 + 8
-            names.append(name)
-    return meta, n_tokens, "output.weight" not in names
+            names.add(name)
+    return meta, n_tokens, names
 
 
 def _gguf_str(m: mmap.mmap, pos: int) -> tuple[str, int]:
@@ -211,8 +221,9 @@ def _gguf_value(m: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int | None, in
     return None, count, pos
 
 
-def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, tied: bool,
+def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, names: set[str],
                          where: str) -> ModelShape:
+    """Tied embeddings: no ``output.weight`` tensor; biases: layer 0's bias tensors."""
     arch = str(meta.get("general.architecture", ""))
     if arch not in SUPPORTED:
         raise ShapeProblem("P0303", f"{where}: architecture '{arch}' is not supported")
@@ -225,7 +236,8 @@ def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, tied: bool,
             intermediate=int(meta[f"{arch}.feed_forward_length"]), n_heads=heads,
             n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads),
             head_dim=int(head_dim), vocab=int(meta.get(f"{arch}.vocab_size") or n_tokens or 0),
-            tied_embeddings=tied,
+            tied_embeddings="output.weight" not in names,
+            qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
         )
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise ShapeProblem("P0303", f"{where}: missing or bad metadata {exc}") from None

@@ -21,6 +21,7 @@ from torch import nn
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
+from prunec.compiler.shape import attention_biases
 
 
 class ZeroAttention(nn.Module):
@@ -115,6 +116,7 @@ def shape_of(model: nn.Module) -> ModelShape:
     """The ``ModelShape`` of a loaded Llama-style Hugging Face causal LM (from its config)."""
     cfg = model.config
     n_heads = int(cfg.num_attention_heads)
+    qkv, o = attention_biases(str(cfg.model_type), getattr(cfg, "attention_bias", False))
     return ModelShape(
         architecture=str(cfg.model_type),
         n_layers=int(cfg.num_hidden_layers),
@@ -125,6 +127,7 @@ def shape_of(model: nn.Module) -> ModelShape:
         head_dim=int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads),
         vocab=int(cfg.vocab_size),
         tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        qkv_bias=qkv, o_bias=o,
     )
 
 

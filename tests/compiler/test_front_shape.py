@@ -65,7 +65,7 @@ def test_missing_dir_and_missing_config(tmp_path: Path) -> None:
         assert info.value.code == "P0301"
 
 
-def _write_tiny_gguf(path: Path, tied: bool) -> None:
+def _write_tiny_gguf(path: Path, tied: bool, qkv_bias: bool = False) -> None:
     from gguf import GGUFWriter
 
     w = GGUFWriter(str(path), "llama")
@@ -78,16 +78,18 @@ def _write_tiny_gguf(path: Path, tied: bool) -> None:
     w.add_tensor("token_embd.weight", np.zeros((256, 64), dtype=np.float32))
     if not tied:
         w.add_tensor("output.weight", np.zeros((256, 64), dtype=np.float32))
+    if qkv_bias:
+        w.add_tensor("blk.0.attn_q.bias", np.zeros((64,), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_header_scan_agrees_with_gguf_reader(tmp_path: Path, tied: bool) -> None:
-    _write_tiny_gguf(tmp_path / "tiny.gguf", tied=tied)
-    expected = dataclasses.replace(TINY, tied_embeddings=tied)
+@pytest.mark.parametrize(("tied", "qkv_bias"), [(False, False), (True, False), (True, True)])
+def test_header_scan_agrees_with_gguf_reader(tmp_path: Path, tied: bool, qkv_bias: bool) -> None:
+    _write_tiny_gguf(tmp_path / "tiny.gguf", tied=tied, qkv_bias=qkv_bias)
+    expected = dataclasses.replace(TINY, tied_embeddings=tied, qkv_bias=qkv_bias)
     assert from_gguf(tmp_path / "tiny.gguf") == expected
     assert from_gguf_reader(tmp_path / "tiny.gguf") == expected
 
@@ -120,3 +122,31 @@ def test_configs_round_trip_through_json(tmp_path: Path) -> None:
     data["model_type"] = "qwen2"
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert from_hf_dir(tmp_path).architecture == "qwen2"
+
+
+@pytest.mark.parametrize(("model_type", "attention_bias", "want"), [
+    ("qwen2", None, (True, False)),  # Qwen2: q/k/v biases, no o_proj bias
+    ("llama", True, (True, True)),
+    ("llama", None, (False, False)),
+    ("mistral", False, (False, False)),
+])
+def test_attention_biases_from_config_reach_param_count(
+        model_type: str, attention_bias: bool | None, want: tuple[bool, bool]) -> None:
+    from prunec.compiler.plan import LayerPlan, Plan, param_count
+    from prunec.compiler.shape import shape_from_config_dict
+
+    config = {"model_type": model_type, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "vocab_size": 256}
+    if attention_bias is not None:
+        config["attention_bias"] = attention_bias
+    shape = shape_from_config_dict(config, "config.json")
+    assert (shape.qkv_bias, shape.o_bias) == want
+    plain = dataclasses.replace(shape, qkv_bias=False, o_bias=False)
+    per_layer = (4 + 2 * 2) * 16 * want[0] + 64 * want[1]
+    dense = Plan.dense(shape)
+    assert param_count(shape, dense) - param_count(plain, dense) == 2 * per_layer
+    # one KV group (2 query heads + its k/v) kept in layer 0: its biases shrink with it
+    narrow = dense.with_layer(LayerPlan(0, kept_heads=(0, 1)))
+    assert param_count(shape, narrow) - param_count(plain, narrow) == (
+        per_layer + (2 + 2 * 1) * 16 * want[0] + 64 * want[1])

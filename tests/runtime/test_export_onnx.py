@@ -81,22 +81,12 @@ def test_onnx_matches_reference(case: str, fuse: bool, tmp_path: Path) -> None:
             "rms_normalization", "skip_rms_normalization", "sdpa_via_mha"}
     else:
         assert not ops & FUSED_OPS and not info.fusions
-    # weights shrink physically: the initializers are exactly the plan's parameters (plus
-    # q/k/v/o biases, which param_count leaves out, and the rotary inverse frequencies)
-    biases = attention_biases(shape, plan) if config.attention_bias else 0
+    # weights shrink physically: the initializers are exactly the plan's parameters (q/k/v/o
+    # biases included) plus the rotary inverse frequencies
+    assert (shape.qkv_bias, shape.o_bias) == (config.attention_bias,) * 2
     if not fuse:  # (fusion folds constants: transposed weights, unit norm scales)
-        assert info.parameters == param_count(shape, plan) + biases + shape.head_dim // 2
+        assert info.parameters == param_count(shape, plan) + shape.head_dim // 2
     assert_matches(info.path, apply_plan_(copy.deepcopy(model), plan, shape), shape.vocab)
-
-
-def attention_biases(shape: ModelShape, plan: Plan) -> int:
-    total = 0
-    for lp in plan.layers:
-        if not lp.attn_removed:
-            heads = shape.n_heads if lp.kept_heads is None else len(lp.kept_heads)
-            kv = len(lp.kv_groups_kept(shape))
-            total += (heads + 2 * kv) * shape.head_dim + shape.hidden
-    return total
 
 
 def assert_matches(path: Path, ref: torch.nn.Module, vocab: int) -> None:
