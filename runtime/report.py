@@ -25,6 +25,7 @@ most ``max_params``. Rendering (rich tables) lives here too; building the report
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,8 @@ def norm_params(shape: ModelShape, plan: Plan) -> int:
 
 def params_json(shape: ModelShape, plan: Plan, onnx: tuple[int, int] | None) -> dict[str, Any]:
     dense, pruned = param_count(shape, Plan.dense(shape)), param_count(shape, plan)
-    expected = pruned - norm_params(shape, plan)
+    weights_only = dataclasses.replace(shape, qkv_bias=False, o_bias=False)  # rank-2 only
+    expected = param_count(weights_only, plan) - norm_params(shape, plan)
     return {"dense": dense, "pruned": pruned, "reduction": 1 - pruned / dense,
             "onnx_initializers": onnx[0] if onnx else None,
             "onnx_matrices": onnx[1] if onnx else None, "expected_matrices": expected,

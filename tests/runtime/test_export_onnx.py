@@ -144,3 +144,19 @@ def test_output_bias_compensation_reaches_the_onnx_graph(tmp_path: Path) -> None
     assert relative_error(got, want) <= 1e-4
     no_bias = reference_logits(apply_plan_(copy.deepcopy(model), plan, shape), ids)
     assert relative_error(no_bias, want) > 1e-2, "the biases must matter in this test"
+
+
+def test_report_matrix_count_agrees_for_a_biased_model(tmp_path: Path) -> None:
+    """report.json's ``expected_matrices`` (param_count less norms and, now that param_count
+    counts them, the 1-D attention biases) equals the ONNX file's rank-2 initializers."""
+    from prunec.runtime.build import onnx_counts
+    from prunec.runtime.report import params_json
+
+    model = tiny_llama(4, BIAS_UNTIED)
+    shape = shape_of(model)
+    plan = random_plan(shape, 9, p_remove=0.3)
+    program, _ = prune_graph(model, plan, shape)
+    info = export_onnx(program, tmp_path / "model.onnx")
+    params = params_json(shape, plan, onnx_counts(info.path))
+    assert shape.qkv_bias and shape.o_bias
+    assert params["agree"] and params["pruned"] > params["expected_matrices"]
