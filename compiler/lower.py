@@ -315,7 +315,7 @@ class Lower(Transformer[Token, Any]):
                         "add `model demo` (SmolLM2-135M-Instruct) or model hf \"<dir>\"")
             model = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span.unknown(self.file))
             self.model_known = False
-        exports = tuple(self._default_gating(e, p.probe is not None) for e in p.exports)
+        exports = tuple(self._export_defaults(e, p.probe is not None) for e in p.exports)
         return Spec(
             name=p.name or Path(self.file).stem,
             file=self.file, model=model, datasets=tuple(p.datasets), static=p.static,
@@ -323,7 +323,7 @@ class Lower(Transformer[Token, Any]):
             exports=exports, output=p.output, span=self.span(meta),
         )
 
-    def _default_gating(self, e: Export, has_probe: bool) -> Export:
+    def _export_defaults(self, e: Export, has_probe: bool) -> Export:
         """Defaults that depend on the whole spec: gating = on with a probe block; fuse = on
         for static graphs (off for gated ones, where fusion is not supported)."""
         if not isinstance(e, OnnxExport):

@@ -21,7 +21,7 @@ from torch import nn
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
-from prunec.compiler.shape import attention_biases
+from prunec.compiler.shape import shape_from_config_dict
 
 
 class ZeroAttention(nn.Module):
@@ -113,22 +113,10 @@ def apply_plan_(model: nn.Module, plan: Plan, shape: ModelShape) -> nn.Module:
 
 
 def shape_of(model: nn.Module) -> ModelShape:
-    """The ``ModelShape`` of a loaded Llama-style Hugging Face causal LM (from its config)."""
-    cfg = model.config
-    n_heads = int(cfg.num_attention_heads)
-    qkv, o = attention_biases(str(cfg.model_type), getattr(cfg, "attention_bias", False))
-    return ModelShape(
-        architecture=str(cfg.model_type),
-        n_layers=int(cfg.num_hidden_layers),
-        hidden=int(cfg.hidden_size),
-        intermediate=int(cfg.intermediate_size),
-        n_heads=n_heads,
-        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
-        head_dim=int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads),
-        vocab=int(cfg.vocab_size),
-        tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-        qkv_bias=qkv, o_bias=o,
-    )
+    """The ``ModelShape`` of a loaded Llama-style Hugging Face causal LM: its config read by
+    ``compiler.shape.shape_from_config_dict``, the same rules as a config.json on disk
+    (``ShapeProblem`` for an unsupported model type)."""
+    return shape_from_config_dict(model.config.to_dict(), f"{type(model).__name__} config")
 
 
 def reference_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

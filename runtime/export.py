@@ -34,7 +34,6 @@ removes does not shrink with pruning, so fused graphs get closer to the FLOPs bo
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +122,7 @@ def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 
         onnx.checker.check_model(str(path))  # which onnxruntime registers in the default domain)
     if config.check_onnxruntime or fusions:
         check_loads(path)
-    info = _info(program.model, path, external, time.perf_counter() - start)
-    return dataclasses.replace(info, fusions=fusions)
+    return _info(program.model, path, external, time.perf_counter() - start, fusions)
 
 
 def check_loads(path: Path) -> None:
@@ -134,7 +132,8 @@ def check_loads(path: Path) -> None:
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _info(model: ir.Model, path: Path, external: bool, seconds: float) -> ExportInfo:
+def _info(model: ir.Model, path: Path, external: bool, seconds: float,
+          fusions: dict[str, int]) -> ExportInfo:
     """Sizes and counts of the written model (read from the in-memory IR, not the file)."""
     data = path.with_name(path.name + ".data")
     size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
@@ -142,4 +141,4 @@ def _info(model: ir.Model, path: Path, external: bool, seconds: float) -> Export
     elements = sum(v.const_value.size for v in inits if v.const_value is not None)
     opset = model.opset_imports.get("", 0)
     return ExportInfo(path, size, external, opset, len(list(model.graph)), len(inits),
-                      elements, seconds)
+                      elements, seconds, fusions)
