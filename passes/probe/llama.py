@@ -3,8 +3,9 @@
 ``build_gated(model, shape, policy, history)`` copies the weights into a ``GatedLlama``
 (``model.GatedBlock``s in residual order, removed blocks left out) whose history inputs are,
 in order, the dynamic blocks named ``history.{layer}.attn`` / ``history.{layer}.mlp``
-(layer order, attention before MLP), each ``[max_len, C]`` with C = heads*head_dim of the
-layer's o_proj input or its MLP channels. ``ProbeRunner`` is the eager API that carries H
+(layer order, attention before MLP), each ``[C, max_len]`` (channel rows, position columns:
+the transpose of ``BlockHistory.sq``, so that kept channels are whole rows) with C =
+heads*head_dim of the layer's o_proj input or its MLP channels. ``ProbeRunner`` is the eager API that carries H
 from batch to batch (the reference the ONNX export is checked against).
 """
 
@@ -136,7 +137,7 @@ def initial_state(gated: GatedLlama, history: History) -> list[torch.Tensor]:
         _, layer, kind = name.split(".")
         block = getattr(history, kind)[int(layer)]
         assert block is not None
-        state.append(block.sq.clone())
+        state.append(block.sq.t().contiguous())
     return state
 
 

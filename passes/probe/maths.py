@@ -7,7 +7,8 @@ ONNX graph. Conventions:
   ceilings of rational fractions: ``ceil(f * n) = (n * num + den - 1) // den``;
 - probe positions are returned in ascending order (causal attention among probe tokens is
   ordered by position); probe samples in score order (only their mean is used);
-- fusion: ``w = P / (P + H + 1e-6)``, ``S = (1 - w) H + w P``, summed over probe positions;
+- fusion: ``w = P / (P + H + 1e-6)``, ``S = (1 - w) H + w P``, summed over probe positions
+  (``P`` and ``H`` are ``[C, t]``: channels by positions, the layout of the gated history);
 - PPsp: MLP ``I_k = S_k * sqrt(sum_i W_down[i, k]^4)``; head ``I_h = sqrt(sum_{c in h}
   S_c^2 * sum_i W_o[i, c]^4)`` (one L2 norm over output rows and the head's columns);
 - kept counts: MLP ``round_to * floor((1 - r) * width / round_to + 1/2)`` clipped to
@@ -53,9 +54,9 @@ def probe_samples(h_pos: torch.Tensor, sample_frac: Fraction) -> torch.Tensor:
 
 
 def fuse(probe_sq: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """``S_k = sum_t (1 - w) H + w P`` with ``w = P / (P + H + eps)``; inputs ``[t, C]``."""
+    """``S_k = sum_t (1 - w) H + w P`` with ``w = P / (P + H + eps)``; inputs ``[C, t]``."""
     w = probe_sq / (probe_sq + history + FUSION_EPS)
-    return ((1.0 - w) * history + w * probe_sq).sum(dim=0)
+    return ((1.0 - w) * history + w * probe_sq).sum(dim=-1)
 
 
 def column_pow4(weight: torch.Tensor) -> torch.Tensor:

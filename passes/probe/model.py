@@ -62,12 +62,15 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 def update_history(hist: torch.Tensor, act: torch.Tensor, cols: torch.Tensor,
                    momentum: float) -> torch.Tensor:
-    """EMA of ``mean_b act^2`` into columns ``cols`` of rows ``0..T-1`` of ``hist``."""
+    """EMA of ``mean_b act^2`` into rows ``cols`` (channels), positions ``0..T-1``, of
+    ``hist [C, max_len]``; channels not kept are unchanged. One Gather of whole rows, the EMA
+    on their first T entries, one row scatter back (ScatterND): of the variants measured on
+    onnxruntime CPU (element scatter on ``[max_len, C]``, inverse-permutation Gather + Where
+    in either layout) the fastest, 1.9 ms vs 2.2-3.9 ms at 4x128 for a 1536 x 512 H."""
     t = act.shape[1]
-    head = hist[:t]
-    new = maths.ema_update(head.index_select(1, cols), act.pow(2).mean(0), momentum)
-    head = head.scatter(1, cols.unsqueeze(0).expand(t, cols.shape[0]), new)
-    return torch.cat([head, hist[t:]], dim=0)
+    rows = hist.index_select(0, cols)
+    head = maths.ema_update(rows[:, :t], act.pow(2).mean(0).t(), momentum)
+    return hist.index_copy(0, cols, torch.cat([head, rows[:, t:]], dim=1))
 
 
 def select_probe(h: torch.Tensor, s: ProbeSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,17 +110,17 @@ class GatedBlock(nn.Module):
                hist: torch.Tensor) -> torch.Tensor:
         """PPsp scores from the probe (or the full batch) fused with H."""
         if self.settings.probe_free:
-            return self.importance(hist[:x.shape[1]].sum(0))
+            return self.importance(hist[:, :x.shape[1]].sum(1))
         if self.settings.full_batch:
-            probe_sq, hsel = self.activation(x, rope, None).pow(2).mean(0), hist[:x.shape[1]]
+            probe_sq, hsel = self.activation(x, rope, None).pow(2).mean(0), hist[:, :x.shape[1]]
         else:
             pos, smp = select_probe(h, self.settings)
             p = rms_norm(h.index_select(0, smp).index_select(1, pos), self.norm,
                          self.settings.eps)
             cos, sin = rope
             act = self.activation(p, (cos.index_select(0, pos), sin.index_select(0, pos)), None)
-            probe_sq, hsel = act.pow(2).mean(0), hist.index_select(0, pos)
-        return self.importance(maths.fuse(probe_sq, hsel))
+            probe_sq, hsel = act.pow(2).mean(0), hist.index_select(1, pos)
+        return self.importance(maths.fuse(probe_sq.t(), hsel))
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 hist: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None,
@@ -156,17 +159,17 @@ class GatedMLP(GatedBlock):
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         super().__init__(norm, gate, settings, static)
         down = mlp.down_proj.weight.detach()
-        self.register_buffer("w_gate", mlp.gate_proj.weight.detach().clone())
-        self.register_buffer("w_up", mlp.up_proj.weight.detach().clone())
+        # gate and up rows side by side: one Gather (axis 1) and one MatMul for both
+        self.register_buffer("w_gate_up", torch.stack([mlp.gate_proj.weight.detach(),
+                                                       mlp.up_proj.weight.detach()]))
         self.register_buffer("w_down_t", down.t().contiguous())
         self.register_buffer("down_pow4", maths.column_pow4(down))
 
     def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                    idx: torch.Tensor | None) -> torch.Tensor:
-        wg, wu = self.w_gate, self.w_up
-        if idx is not None:
-            wg, wu = wg.index_select(0, idx), wu.index_select(0, idx)
-        return torch.nn.functional.silu(x @ wg.t()) * (x @ wu.t())
+        w = self.w_gate_up if idx is None else self.w_gate_up.index_select(1, idx)
+        gate, up = (x @ w.reshape(-1, w.shape[-1]).t()).chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
 
     def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         wd = self.w_down_t if idx is None else self.w_down_t.index_select(0, idx)

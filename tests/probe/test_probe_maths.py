@@ -36,14 +36,14 @@ def test_probe_samples_rank_by_norm_at_the_positions() -> None:
 
 
 def test_fusion_weights_the_larger_source() -> None:
-    p = torch.tensor([[0.0, 2.0, 1e3]])
-    h = torch.tensor([[3.0, 0.0, 1.0]])
+    p = torch.tensor([[0.0, 2.0, 1e3]]).t()  # [C, t]: 3 channels, one position
+    h = torch.tensor([[3.0, 0.0, 1.0]]).t()
     s = maths.fuse(p, h)
     w = p / (p + h + maths.FUSION_EPS)
-    assert torch.allclose(s, ((1 - w) * h + w * p).sum(0))
+    assert torch.allclose(s, ((1 - w) * h + w * p).sum(1))
     assert s[0] == pytest.approx(3.0) and s[1] == pytest.approx(2.0, rel=1e-5)
     assert s[2] == pytest.approx(1e3, rel=1e-2)
-    assert torch.allclose(maths.fuse(torch.ones(5, 2), torch.ones(5, 2)), torch.full((2,), 5.0))
+    assert torch.allclose(maths.fuse(torch.ones(2, 5), torch.ones(2, 5)), torch.full((2,), 5.0))
 
 
 def test_ppsp_importance_is_an_l2_norm_over_rows_and_head_columns() -> None:

@@ -96,7 +96,7 @@ def test_graph_is_statically_gated(plain):  # type: ignore[no-untyped-def]
     assert dims_of(model.graph.input[0]) == ["batch", "seq"]
     assert dims_of(model.graph.output[0]) == ["batch", "seq", 160]
     dims = model.graph.input[1].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [40, 6 * 16]  # history.1.attn: [max_len, heads*d]
+    assert [d.dim_value for d in dims] == [6 * 16, 40]  # history.1.attn: [heads*d, max_len]
 
 
 def test_session_reset_and_limits(plain):  # type: ignore[no-untyped-def]
@@ -114,22 +114,38 @@ def test_session_reset_and_limits(plain):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy):  # type: ignore[no-untyped-def]
+    """All 30 layers of SmolLM2 at the example spec's 40%: 27 gated layers, KJV text."""
     from prunec.compiler.diagnostics import Span
-    from prunec.compiler.ir import DType, ModelDecl, ModelSource
+    from prunec.compiler.ir import DataFormat, DatasetDecl, DType, ModelDecl, ModelSource
+    from prunec.runtime.data import load_dataset
     from prunec.runtime.models import load_model
 
-    loaded = load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span("", 0, 0, 0, 0)),
-                        Path(__file__).resolve().parents[2] / "specs")
-    model = loaded.model  # its first 5 decoder layers (3 skipped, 2 gated): real weights and
-    del model.model.layers[5:]  # widths, an export of minutes rather than tens of minutes
-    model.config.num_hidden_layers = 5
-    calib = torch.randint(0, 49152, (4, 32), generator=torch.Generator().manual_seed(0))
-    policy = make_policy(0.2, skip=(0, 1, 2), round_to=64)
-    info, runner = _artifact(tmp_path, model, policy, calib, max_len=64)
-    # layer ratio round(5/2 * 0.2, 2) = 0.5: 9 - int(4.5) = 5 heads and 768 channels stay
-    want = {"attn": 5, "mlp": 768}
-    assert info.keep == {f"history.{i}.{k}": n for i in (3, 4) for k, n in want.items()}
-    _compare(info, runner, ((4, 32), (2, 64), (3, 17)), vocab=49152)
+    span = Span("", 0, 0, 0, 0)
+    specs = Path(__file__).resolve().parents[2] / "specs"
+    loaded = load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, span), specs)
+
+    def text(file: str, n: int, t: int) -> torch.Tensor:
+        decl = DatasetDecl(file, DataFormat.TEXT, (f"data/{file}",), None, n, t, 0, None, span)
+        return load_dataset(decl, specs, loaded.tokenizer)
+
+    policy = make_policy(0.4, skip=(0, 1, 2), round_to=64)
+    info, runner = _artifact(tmp_path, loaded.model, policy, text("kjv-calib.txt", 8, 64),
+                             max_len=64)
+    # layer ratio round(30/27 * 0.4, 2) = 0.44: 9 - int(3.96) = 6 heads, 64 * 13 = 832 channels
+    want = {"attn": 6, "mlp": 832}
+    assert info.keep == {f"history.{i}.{k}": n for i in range(3, 30) for k, n in want.items()}
+    held = text("kjv-eval.txt", 9, 64)
+    batches = [held[:4], held[4:6], held[6:9, :17], held[:2, :40]]
+    session = GatedSession(Path(info.onnx_path).parent)
+    for i, ids in enumerate(batches):
+        want_logits = runner.run(ids)
+        got = session.run(ids.numpy())
+        assert relative_error(torch.from_numpy(got), want_logits) <= TOL, i
+        for name, kept in zip(runner.gated.history_names, runner.last_kept):
+            onnx_kept = session.kept[name.replace("history.", "kept.", 1)]
+            assert sorted(onnx_kept.tolist()) == sorted(kept.tolist()), (i, name)
+        for (name, h), eager in zip(session.history().items(), runner.state):
+            assert np.allclose(h, eager.numpy(), rtol=1e-5, atol=1e-6), (i, name)
 
 
 def test_prunec_run_command(plain, tmp_path, capsys):  # type: ignore[no-untyped-def]
