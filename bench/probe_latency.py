@@ -6,7 +6,11 @@ alone, same TopK/Gather/MatMul) whose difference to PP-40% is the probe's cost. 
 variant runs through ``GatedSession`` (IOBinding, H carried), default session options.
 The gate's share of the time is also read from an onnxruntime profile of PP-40% (nodes whose
 exporter stack trace passes through ``GatedBlock.choose``: probe, fusion, scores, TopK).
-Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
+For reference, the dense model is also exported the way a static build ships it
+(``passes.capture`` + ``runtime.export``): ``dense-static`` (plain) and ``dense-static-fused``
+(onnxruntime fusions, the static build default; gated graphs are not fused).
+``pp-40-len128`` is PP-40 exported for 128-token traffic (H has 128 position columns
+instead of 512), timed at 4x128 only. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
 round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
 
@@ -34,7 +38,9 @@ from prunec.passes.probe import calibrate_history
 from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
-VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True))
+VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True),
+            ("pp-40-len128", 0.4, False))  # H sized for 128-token traffic (4x128 only)
+STATIC = (("dense-static", False), ("dense-static-fused", True))
 PROFILE_RUNS = 3
 SHAPES = ((4, 128), (1, 512))
 
@@ -44,7 +50,8 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
     calib = load_dataset(dataset("calib", "kjv-calib.txt", 16, 128), ROOT / "specs",
                          loaded.tokenizer)
     base = policy(0.0, ProbeMode.PROBE, ProbeMetric.PPSP)
-    history = calibrate_history(loaded.model, loaded.shape, base, calib, max_len=512)
+    histories = {n: calibrate_history(loaded.model, loaded.shape, base, calib, max_len=n)
+                 for n in (128, 512)}
     paths = {}
     for name, ratio, probe_free in (v for v in VARIANTS if v[0] in names):
         path = workdir / name / "model.onnx"
@@ -52,12 +59,42 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             export_gated_onnx(loaded.model, loaded.shape,
-                              policy(ratio, ProbeMode.PROBE, ProbeMetric.PPSP), history, path,
+                              policy(ratio, ProbeMode.PROBE, ProbeMetric.PPSP),
+                              histories[128 if name.endswith("len128") else 512], path,
                               probe_free=probe_free)
             print(f"  exported {name} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
         assert check_static_gating(path) == []
         paths[name] = path
+    for name, fuse in (v for v in STATIC if v[0] in names):
+        paths[name] = export_static(loaded.model, workdir / name / "model.onnx", fuse)
     return paths
+
+
+def export_static(model: Any, path: Path, fuse: bool) -> Path:
+    """The dense model as a static build exports it (no gating)."""
+    from prunec.passes.capture import capture, reexport
+    from prunec.runtime.export import ExportConfig, export_onnx
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        export_onnx(reexport(capture(model)), path, config=ExportConfig(fuse=fuse))
+        print(f"  exported {path.parent.name} in {time.perf_counter() - start:.0f}s",
+              file=sys.stderr)
+    return path
+
+
+class StaticSession:
+    """A plain onnxruntime session with GatedSession's ``run(input_ids)``."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.session.run(["logits"], {"input_ids": input_ids})[0]
+        return out
 
 
 def eval_tokens(n: int, seq_len: int) -> np.ndarray:
@@ -75,8 +112,12 @@ def demo_dir() -> Path:
 
 
 def time_shape(paths: dict[str, Path], b: int, t: int, rounds: int) -> dict[str, list[float]]:
-    sessions = {name: GatedSession(p.parent) for name, p in paths.items()}
+    sessions: dict[str, Any] = {
+        name: StaticSession(p) if name.startswith("dense-static") else GatedSession(p.parent)
+        for name, p in paths.items()}
     ids = eval_tokens(b * (rounds + 2), t)
+    sessions = {name: s for name, s in sessions.items()
+                if not isinstance(s, GatedSession) or int(s.manifest["max_len"]) >= t}
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for r in range(rounds + 2):
         batch = ids[r * b:(r + 1) * b]
@@ -122,11 +163,13 @@ def profiled_share(path: Path, b: int, t: int) -> dict[str, Any]:
 
 def summarise(times: dict[str, list[float]], b: int, t: int) -> list[dict[str, Any]]:
     dense = statistics.median(times["dense"])
+    fused = statistics.median(times.get("dense-static-fused", [float("nan")]))
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         rows.append({"variant": name, "batch": b, "seq_len": t, "median_ms": round(med * 1e3, 2),
-                     "speedup_vs_dense": round(dense / med, 3), "runs": len(ts)})
+                     "speedup_vs_dense": round(dense / med, 3),
+                     "speedup_vs_dense_static_fused": round(fused / med, 3), "runs": len(ts)})
     if "pp-40-probe-free" in times:
         pp, free = statistics.median(times["pp-40"]), statistics.median(times["pp-40-probe-free"])
         rows.append({"variant": "probe share of pp-40", "batch": b, "seq_len": t,
@@ -138,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--workdir", default="/tmp/prunec-probe-latency")
-    ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--variants", default=",".join(v[0] for v in (*VARIANTS, *STATIC)))
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_latency.json"))
     args = ap.parse_args(argv)
     paths = export_all(Path(args.workdir), args.variants.split(","))
@@ -158,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'variant':<22}{'shape':>9}{'median ms':>11}{'vs dense':>10}")
+    print(f"{'variant':<22}{'shape':>9}{'median ms':>11}{'vs dense':>10}{'vs fused':>10}")
     for r in rows:
         shape = f"{r['batch']}x{r['seq_len']}"
         if "probe_ms" not in r and "share" in r:
@@ -167,7 +210,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
             print(f"{r['variant']:<22}{shape:>9}{r['probe_ms']:>11.1f}{r['share']:>9.0%} of pp-40")
         else:
             print(f"{r['variant']:<22}{shape:>9}{r['median_ms']:>11.1f}"
-                  f"{r['speedup_vs_dense']:>9.2f}x")
+                  f"{r['speedup_vs_dense']:>9.2f}x{r['speedup_vs_dense_static_fused']:>9.2f}x")
 
 
 if __name__ == "__main__":
