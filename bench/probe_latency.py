@@ -10,7 +10,7 @@ For reference, the dense model is also exported the way a static build ships it
 (``passes.capture`` + ``runtime.export``): ``dense-static`` (plain) and ``dense-static-fused``
 (onnxruntime fusions, the static build default; gated graphs are not fused).
 ``pp-40-len128`` is PP-40 exported for 128-token traffic (H has 128 position columns
-instead of 512), timed at 4x128 only. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
+instead of 512), timed at 4x128 only; ``pp-40-compensate`` is PP-40 with ``compensate = on``. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
 round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
 
@@ -39,7 +39,8 @@ from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
 VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True),
-            ("pp-40-len128", 0.4, False))  # H sized for 128-token traffic (4x128 only)
+            ("pp-40-len128", 0.4, False),  # H sized for 128-token traffic (4x128 only)
+            ("pp-40-compensate", 0.4, False))  # compensate = on
 STATIC = (("dense-static", False), ("dense-static-fused", True))
 PROFILE_RUNS = 3
 SHAPES = ((4, 128), (1, 512))
@@ -59,7 +60,8 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             export_gated_onnx(loaded.model, loaded.shape,
-                              policy(ratio, ProbeMode.PROBE, ProbeMetric.PPSP),
+                              policy(ratio, ProbeMode.PROBE, ProbeMetric.PPSP,
+                                     compensate=name.endswith("compensate")),
                               histories[128 if name.endswith("len128") else 512], path,
                               probe_free=probe_free)
             print(f"  exported {name} in {time.perf_counter() - start:.0f}s", file=sys.stderr)

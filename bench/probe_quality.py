@@ -2,8 +2,9 @@
 
 Configurations, each at 20% and 40% (model-wide ratio, first 3 layers skipped, per-layer
 ratio rescaled, MLP kept counts rounded to 64, heads by int(r * heads)): PP (probe = top
-50% positions x top 5% samples), full-batch probing (upper bound), and the static
-wanda-sp / flap masks from the same calibration; plus the dense model. H is initialised
+50% positions x top 5% samples), full-batch probing (upper bound), both again with
+``compensate = on`` (skipped units add W[:, skipped] @ the probe's mean activation), and
+the static wanda-sp / flap masks from the same calibration; plus the dense model. H is initialised
 from specs/data/kjv-calib.txt; perplexity is measured on specs/data/kjv-eval.txt (disjoint
 files) in batches, H carried from batch to batch. Prints a table and writes
 bench/results/probe_quality.json (machine noted).
@@ -48,10 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SPAN = Span("bench", 0, 0, 0, 0)
 CONFIGS = (("pp", ProbeMode.PROBE, ProbeMetric.PPSP),
            ("full-batch", ProbeMode.FULL_BATCH, ProbeMetric.PPSP),
+           ("pp-compensate", ProbeMode.PROBE, ProbeMetric.PPSP),  # compensate = on
+           ("full-batch-compensate", ProbeMode.FULL_BATCH, ProbeMetric.PPSP),
            ("wanda-sp", ProbeMode.PROBE, ProbeMetric.WANDA_SP),
            ("flap", ProbeMode.PROBE, ProbeMetric.FLAP),
            ("flap-no-bias", ProbeMode.PROBE, ProbeMetric.FLAP))  # diagnostic: without compensation
-DEFAULT_METHODS = "pp,full-batch,wanda-sp,flap"
+DEFAULT_METHODS = "pp,full-batch,pp-compensate,full-batch-compensate,wanda-sp,flap"
 
 
 def machine() -> dict[str, Any]:
@@ -70,10 +73,11 @@ def machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def policy(ratio: float, mode: ProbeMode, metric: ProbeMetric, round_to: int = 64) -> ProbePolicy:
+def policy(ratio: float, mode: ProbeMode, metric: ProbeMetric, round_to: int = 64,
+           compensate: bool = False) -> ProbePolicy:
     skip = (LayerSelector(SelectorKind.RANGE, 0, 2, SPAN),)
     return ProbePolicy(ratio, (ProbeTarget.MLP, ProbeTarget.HEADS), skip, mode, 0.5, 0.05, 0.99,
-                       "calib", metric, round_to, SPAN)
+                       "calib", metric, round_to, SPAN, compensate)
 
 
 def dataset(name: str, file: str, samples: int, seq_len: int) -> DatasetDecl:
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         _print(row)
     for ratio in (float(r) for r in args.ratios.split(",")):
         for name, mode, metric in (c for c in CONFIGS if c[0] in args.methods.split(",")):
-            runner = ProbeRunner(model, shape, policy(ratio, mode, metric), history)
+            pol = policy(ratio, mode, metric, compensate=name.endswith("-compensate"))
+            runner = ProbeRunner(model, shape, pol, history)
             if name == "flap-no-bias":
                 for block in runner.gated.blocks:
                     block.bias = None
@@ -142,14 +147,14 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
 
 
 def _print(row: dict[str, Any]) -> None:
-    print(f"  {row['method']:<11} {row['ratio']:.0%}  ppl {row['ppl']:.3f}  ({row['seconds']}s)",
+    print(f"  {row['method']:<22} {row['ratio']:.0%}  ppl {row['ppl']:.3f}  ({row['seconds']}s)",
           file=sys.stderr, flush=True)
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'method':<12}{'ratio':>7}{'perplexity':>12}")
+    print(f"{'method':<23}{'ratio':>7}{'perplexity':>12}")
     for row in rows:
-        print(f"{row['method']:<12}{row['ratio']:>7.0%}{row['ppl']:>12.3f}")
+        print(f"{row['method']:<23}{row['ratio']:>7.0%}{row['ppl']:>12.3f}")
 
 
 if __name__ == "__main__":

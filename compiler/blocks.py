@@ -262,6 +262,7 @@ def probe_block(f: Fields, sink: list[Diagnostic]) -> ProbePolicy | None:
         metric=f.get("metric", _enum(ProbeMetric), ProbeMetric.PPSP, sink),
         round_to=f.get("round", sx.integer, 64, sink),
         span=f.span,
+        compensate=f.get("compensate", sx.boolean, False, sink),
     )
     if "ratio" not in f.attrs:
         sink.append(Diagnostic.error("P0106", "the probe block needs a ratio", f.span,

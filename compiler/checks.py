@@ -30,6 +30,7 @@ from prunec.compiler.ir import (
     OnnxExport,
     ParamsGate,
     PerplexityGate,
+    ProbeMetric,
     RemoveBlock,
     SelectorKind,
     SliceRange,
@@ -345,6 +346,9 @@ def check_probe(ctx: Context) -> Iterator[Diagnostic]:
         yield _err("P0213", "the probe ratio must be above 0% and below 100%", p.span)
     if p.round_to < 1:
         yield _err("P0216", "round must be at least 1", p.span)
+    if p.compensate and p.metric is not ProbeMetric.PPSP:
+        yield _err("P0222", f"compensate = on needs metric = ppsp, not {p.metric.value}", p.span,
+                   "flap brings its own bias compensation; wanda-sp has none")
     if p.history_dataset is None and not calibration_names(ctx.spec):
         yield _err("P0212", "the probe policy needs a calibration dataset for its history",
                    p.span, "add history = <dataset> to the probe block")

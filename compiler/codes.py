@@ -66,6 +66,7 @@ CODES: dict[str, str] = {
     "P0219": "every layer is protected or skipped: nothing can be pruned",
     "P0220": "a dataset is declared but never used",
     "P0221": "onnxruntime fusions are not supported on gated graphs",
+    "P0222": "compensate needs the ppsp metric (a probe to take the mean from)",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",

@@ -245,6 +245,8 @@ def _probe_rows(p: ProbePolicy, shape: ModelShape) -> list[Row]:
         Row("probe", "history", f"EMA momentum {p.momentum}, initialised from "
             f"{p.history_dataset or 'the score dataset'}"),
         Row("probe", "metric", f"{p.metric.value}, kept counts rounded to {p.round_to}"),
+        Row("probe", "compensate", "skipped units add the probe's mean activation times their "
+            "weights" if p.compensate else "off (skipped units contribute nothing)"),
     ]
 
 

@@ -253,6 +253,8 @@ class ProbePolicy:
     metric: ProbeMetric
     round_to: int  # kept counts rounded to a multiple of this (default 64)
     span: Span
+    # skipped units contribute the probe's mean activation (W[:, skipped] @ mean), off = paper
+    compensate: bool = False
 
 
 # ------------------------------------------------------------------------- gates

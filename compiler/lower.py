@@ -175,7 +175,7 @@ class Lower(Transformer[Token, Any]):
 
     def probe(self, meta: Meta, c: list[Any]) -> ProbePolicy | None:
         keys = ("ratio", "targets", "skip", "mode", "tokens", "samples", "momentum",
-                "history", "metric", "round")
+                "history", "metric", "round", "compensate")
         return bl.probe_block(self._fields(c[0], meta, "the probe block", keys), self.sink)
 
     def export(self, meta: Meta, c: list[Any]) -> Export | None:

@@ -133,7 +133,8 @@ def _policy_json(policy: ProbePolicy) -> dict[str, Any]:
     return {"ratio": policy.ratio, "targets": [t.value for t in policy.targets],
             "mode": policy.mode.value, "token_fraction": policy.token_fraction,
             "sample_fraction": policy.sample_fraction, "momentum": policy.momentum,
-            "metric": policy.metric.value, "round_to": policy.round_to}
+            "metric": policy.metric.value, "round_to": policy.round_to,
+            "compensate": policy.compensate}
 
 
 def find_manifest(artifact: str | Path) -> Path:

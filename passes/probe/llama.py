@@ -76,7 +76,7 @@ def settings_of(model: nn.Module, shape: ModelShape, policy: ProbePolicy) -> Pro
                          token_frac=as_fraction(policy.token_fraction),
                          sample_frac=as_fraction(policy.sample_fraction),
                          momentum=float(policy.momentum), eps=float(model.config.rms_norm_eps),
-                         head_dim=shape.head_dim)
+                         head_dim=shape.head_dim, compensate=policy.compensate)
 
 
 def _check_supported(model: nn.Module) -> None:

@@ -36,6 +36,7 @@ class ProbeSettings:
     eps: float  # RMSNorm epsilon
     head_dim: int
     probe_free: bool = False  # benchmark variant: scores from H alone (no probe), same TopK
+    compensate: bool = False  # skipped units contribute the probe's mean activation
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -97,39 +98,50 @@ class GatedBlock(nn.Module):
         return self.gate.kind is GateKind.DYNAMIC
 
     def choose(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-               hist: torch.Tensor | None) -> torch.Tensor | None:
-        """Kept indices for this batch (None: all)."""
+               hist: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(kept indices for this batch or None: all, the probe's mean activation per
+        column when the policy compensates skipped units, else None)."""
         if self.gate.kind is GateKind.STATIC:
-            return self.static_idx
+            return self.static_idx, None
         if not self.dynamic:
-            return None
+            return None, None
         assert hist is not None
-        return torch.topk(self.scores(h, x, rope, hist), self.gate.keep).indices
+        scores, mean = self.scores(h, x, rope, hist)
+        return torch.topk(scores, self.gate.keep).indices, mean
 
     def scores(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-               hist: torch.Tensor) -> torch.Tensor:
-        """PPsp scores from the probe (or the full batch) fused with H."""
+               hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """PPsp scores from the probe (or the full batch) fused with H, and (compensating
+        policies) the probe's mean activation per column."""
         if self.settings.probe_free:
-            return self.importance(hist[:, :x.shape[1]].sum(1))
+            return self.importance(hist[:, :x.shape[1]].sum(1)), None
         if self.settings.full_batch:
-            probe_sq, hsel = self.activation(x, rope, None).pow(2).mean(0), hist[:, :x.shape[1]]
+            act, hsel = self.activation(x, rope, None), hist[:, :x.shape[1]]
         else:
             pos, smp = select_probe(h, self.settings)
             p = rms_norm(h.index_select(0, smp).index_select(1, pos), self.norm,
                          self.settings.eps)
             cos, sin = rope
             act = self.activation(p, (cos.index_select(0, pos), sin.index_select(0, pos)), None)
-            probe_sq, hsel = act.pow(2).mean(0), hist.index_select(1, pos)
-        return self.importance(maths.fuse(probe_sq.t(), hsel))
+            hsel = hist.index_select(1, pos)
+        mean = act.mean(dim=(0, 1)) if self.settings.compensate else None
+        return self.importance(maths.fuse(act.pow(2).mean(0).t(), hsel)), mean
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 hist: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None,
                                                    torch.Tensor | None]:
-        """(block output, new history or None, kept indices or None)."""
+        """(block output, new history or None, kept indices or None).
+
+        Compensation: ``W[:, skipped] @ m[skipped]`` is added for the probe mean ``m``,
+        computed as ``(act - m[kept]) @ W_kept + W @ m`` (one matrix-vector product more)."""
         x = rms_norm(h, self.norm, self.settings.eps)
-        idx = self.choose(h, x, rope, hist)
+        idx, mean = self.choose(h, x, rope, hist)
         act = self.activation(x, rope, idx)
-        out = self.project(act, idx)
+        if mean is not None and idx is not None:
+            out = self.project(act - mean.index_select(0, self.columns(idx)), idx)
+            out = out + self.project(mean, None)
+        else:
+            out = self.project(act, idx)
         if self.bias is not None:
             out = out + self.bias
         if not self.dynamic:

@@ -63,7 +63,14 @@ def _compare(info, runner, batches, vocab=160):  # type: ignore[no-untyped-def]
     return session
 
 
-@pytest.mark.parametrize("which", ["plain", "composed"])
+@pytest.fixture(scope="module")
+def compensated(tmp_path_factory, calib_ids, make_policy):  # type: ignore[no-untyped-def]
+    model = tiny_llama(4, TinyConfig(layers=3))
+    return _artifact(tmp_path_factory.mktemp("compensated"), model,
+                     make_policy(0.4, compensate=True), calib_ids)
+
+
+@pytest.mark.parametrize("which", ["plain", "composed", "compensated"])
 def test_onnx_matches_eager_batch_after_batch(which, request):  # type: ignore[no-untyped-def]
     info, runner = request.getfixturevalue(which)
     assert info.history_inputs and len(info.kept_outputs) == len(info.history_inputs)

@@ -150,6 +150,29 @@ def test_pruned_batch_and_history_update(model, calib_ids, make_policy):  # type
         assert torch.allclose(new, want.t(), rtol=1e-5, atol=1e-7)
 
 
+def test_compensation_adds_the_skipped_channels_mean(model, calib_ids, make_policy):  # type: ignore[no-untyped-def]
+    """Full-batch probing of layer 2's MLP with compensation = the zeroed model plus the
+    bias W_down[:, skipped] @ (mean over the batch of the dense down_proj input)."""
+    hist = _history(model, calib_ids, make_policy)
+    policy = make_policy(0.5, ProbeMode.FULL_BATCH, targets=(ProbeTarget.MLP,),
+                         skip=ONLY_LAYER_2, compensate=True)
+    runner = ProbeRunner(model, shape_of(model), policy, hist)
+    ids = _batch(5, 18, 4)
+    got = runner.run(ids)
+    (kept,) = runner.last_kept
+    down = model.model.layers[LAYER].mlp.down_proj
+    mean = _capture_input(down, lambda: reference_logits(model, ids)).mean(dim=(0, 1))
+    skipped = sorted(set(range(down.weight.shape[1])) - set(kept.tolist()))
+    ref = _zeroed_copy(model, list(range(model.config.num_attention_heads)), kept.tolist())
+    bias = down.weight[:, skipped] @ mean[skipped]
+    ref.model.layers[LAYER].mlp.down_proj.register_forward_hook(lambda _m, _a, out: out + bias)
+    assert relative_error(got, reference_logits(ref, ids)) <= TOL
+    plain = ProbeRunner(model, shape_of(model), make_policy(
+        0.5, ProbeMode.FULL_BATCH, targets=(ProbeTarget.MLP,), skip=ONLY_LAYER_2), hist)
+    assert relative_error(plain.run(ids), got) > 10 * TOL  # the bias is not negligible
+    assert plain.last_kept[0].tolist() == kept.tolist()
+
+
 def test_ratio_zero_is_the_dense_model(model, calib_ids, make_policy):  # type: ignore[no-untyped-def]
     hist = _history(model, calib_ids, make_policy)
     runner = ProbeRunner(model, shape_of(model), make_policy(0.0), hist)
