@@ -10,7 +10,9 @@ For reference, the dense model is also exported the way a static build ships it
 (``passes.capture`` + ``runtime.export``): ``dense-static`` (plain) and ``dense-static-fused``
 (onnxruntime fusions, the static build default; gated graphs are not fused).
 ``pp-40-len128`` is PP-40 exported for 128-token traffic (H has 128 position columns
-instead of 512), timed at 4x128 only; ``pp-40-compensate`` is PP-40 with ``compensate = on``. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after variant,
+instead of 512), timed at 4x128 only; ``pp-40-compensate`` is PP-40 with
+``compensate = on``. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved
+(variant after variant,
 round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
 
@@ -26,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,9 +40,19 @@ from prunec.passes.probe import calibrate_history
 from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
-VARIANTS = (("dense", 0.0, False), ("pp-40", 0.4, False), ("pp-40-probe-free", 0.4, True),
-            ("pp-40-len128", 0.4, False),  # H sized for 128-token traffic (4x128 only)
-            ("pp-40-compensate", 0.4, False))  # compensate = on
+
+class Variant(NamedTuple):
+    name: str
+    ratio: float
+    probe_free: bool = False
+    max_len: int = 512  # H's position columns: the longest sequence the variant runs
+    compensate: bool = False
+
+
+VARIANTS = (Variant("dense", 0.0), Variant("pp-40", 0.4),
+            Variant("pp-40-probe-free", 0.4, probe_free=True),
+            Variant("pp-40-len128", 0.4, max_len=128),
+            Variant("pp-40-compensate", 0.4, compensate=True))
 STATIC = (("dense-static", False), ("dense-static-fused", True))
 PROFILE_RUNS = 3
 SHAPES = ((4, 128), (1, 512))
@@ -52,21 +64,20 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
                          loaded.tokenizer)
     base = policy(0.0, ProbeMode.PROBE, ProbeMetric.PPSP)
     histories = {n: calibrate_history(loaded.model, loaded.shape, base, calib, max_len=n)
-                 for n in (128, 512)}
+                 for n in {v.max_len for v in VARIANTS}}
     paths = {}
-    for name, ratio, probe_free in (v for v in VARIANTS if v[0] in names):
-        path = workdir / name / "model.onnx"
+    for v in (v for v in VARIANTS if v.name in names):
+        path = workdir / v.name / "model.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             export_gated_onnx(loaded.model, loaded.shape,
-                              policy(ratio, ProbeMode.PROBE, ProbeMetric.PPSP,
-                                     compensate=name.endswith("compensate")),
-                              histories[128 if name.endswith("len128") else 512], path,
-                              probe_free=probe_free)
-            print(f"  exported {name} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+                              policy(v.ratio, ProbeMode.PROBE, ProbeMetric.PPSP,
+                                     compensate=v.compensate),
+                              histories[v.max_len], path, probe_free=v.probe_free)
+            print(f"  exported {v.name} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
         assert check_static_gating(path) == []
-        paths[name] = path
+        paths[v.name] = path
     for name, fuse in (v for v in STATIC if v[0] in names):
         paths[name] = export_static(loaded.model, workdir / name / "model.onnx", fuse)
     return paths
@@ -114,12 +125,11 @@ def demo_dir() -> Path:
 
 
 def time_shape(paths: dict[str, Path], b: int, t: int, rounds: int) -> dict[str, list[float]]:
+    max_len = {v.name: v.max_len for v in VARIANTS}
     sessions: dict[str, Any] = {
-        name: StaticSession(p) if name.startswith("dense-static") else GatedSession(p.parent)
-        for name, p in paths.items()}
+        name: StaticSession(p) if name not in max_len else GatedSession(p.parent)
+        for name, p in paths.items() if max_len.get(name, t) >= t}
     ids = eval_tokens(b * (rounds + 2), t)
-    sessions = {name: s for name, s in sessions.items()
-                if not isinstance(s, GatedSession) or int(s.manifest["max_len"]) >= t}
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for r in range(rounds + 2):
         batch = ids[r * b:(r + 1) * b]
@@ -183,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--workdir", default="/tmp/prunec-probe-latency")
-    ap.add_argument("--variants", default=",".join(v[0] for v in (*VARIANTS, *STATIC)))
+    ap.add_argument("--variants",
+                    default=",".join([*(v.name for v in VARIANTS), *(s[0] for s in STATIC)]))
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_latency.json"))
     args = ap.parse_args(argv)
     paths = export_all(Path(args.workdir), args.variants.split(","))
@@ -191,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for b, t in SHAPES:
         rows += summarise(time_shape(paths, b, t, args.rounds), b, t)
-        rows.append(profiled_share(paths["pp-40"], b, t))
+        if "pp-40" in paths:
+            rows.append(profiled_share(paths["pp-40"], b, t))
     result = {"benchmark": "probe_latency", "model": "SmolLM2-135M-Instruct (float32)",
               "provider": "CPUExecutionProvider", "rounds": args.rounds,
               "machine": {**machine(), "loadavg_before": load_before,

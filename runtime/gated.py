@@ -4,14 +4,15 @@ Artifact (``export_gated_onnx(..., path)`` with ``path = DIR/NAME.onnx``):
 - ``NAME.onnx``: inputs ``input_ids`` int64 ``[batch, seq]`` (2 <= seq <= max_len) and, per
   dynamic block in layer order (attention before MLP), ``history.{layer}.attn`` float32
   ``[heads_l * head_dim, max_len]`` / ``history.{layer}.mlp`` float32 ``[channels_l,
-  max_len]`` (a row per channel, a column per position); outputs ``logits`` ``[batch, seq, vocab]``, then ``history_out.{layer}.{kind}``
-  (same shapes: feed them back as the next call's ``history.*``), then, only when exported
-  with ``debug=True``, ``kept.{layer}.{kind}`` int64 ``[keep]`` (TopK order);
+  max_len]`` (a row per channel, a column per position); outputs ``logits`` ``[batch, seq,
+  vocab]``, then ``history_out.{layer}.{kind}`` (same shapes: feed them back as the next
+  call's ``history.*``), then, only when exported with ``debug=True``, ``kept.{layer}.{kind}``
+  int64 ``[keep]`` (TopK order);
 - ``NAME.history.npz``: the initial H, one array per ``history.*`` input name;
 - ``NAME.gating.json``: the manifest (names, shapes, per-layer keep counts, policy numbers).
 H column t is absolute position t; a batch of length T reads/updates columns 0..T-1 (EMA,
-kept channels only). The graph is statically shaped in the pruned dims: TopK with constant K,
-Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it).
+kept channels only). The graph is statically shaped in the pruned dims: TopK with constant
+K, Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it).
 ``GatedSession`` runs it with onnxruntime, keeping H as OrtValues on the provider's device
 (IOBinding; on CUDA H never leaves the GPU).
 """

@@ -3,10 +3,11 @@
 ``build_gated(model, shape, policy, history)`` copies the weights into a ``GatedLlama``
 (``model.GatedBlock``s in residual order, removed blocks left out) whose history inputs are,
 in order, the dynamic blocks named ``history.{layer}.attn`` / ``history.{layer}.mlp``
-(layer order, attention before MLP), each ``[C, max_len]`` (channel rows, position columns:
-the transpose of ``BlockHistory.sq``, so that kept channels are whole rows) with C =
-heads*head_dim of the layer's o_proj input or its MLP channels. ``ProbeRunner`` is the eager API that carries H
-from batch to batch (the reference the ONNX export is checked against).
+(layer order, attention before MLP), each ``[C, max_len]`` (channel rows, position
+columns: the transpose of ``BlockHistory.sq``, so that kept channels are whole rows) with
+C = heads*head_dim of the layer's o_proj input or its MLP channels. ``ProbeRunner`` is the
+eager API that carries H from batch to batch (the reference the ONNX export is checked
+against).
 """
 
 from __future__ import annotations
