@@ -11,7 +11,9 @@ For reference, the dense model is also exported the way a static build ships it
 (onnxruntime fusions, the static build default; gated graphs are not fused).
 ``pp-40-len128`` is PP-40 exported for 128-token traffic (H has 128 position columns
 instead of 512), timed at 4x128 only; ``pp-40-compensate`` is PP-40 with
-``compensate = on``. Batches 4x128 and 1x512 of held-out tokens; runs are interleaved
+``compensate = on``; ``pp-40-copy-h`` runs PP-40's graph with a session that binds fresh
+H outputs every call (``GatedSession(inplace=False)``, the behaviour before H was updated in
+place). Batches 4x128 and 1x512 of held-out tokens; runs are interleaved
 (variant after variant,
 round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -47,12 +50,15 @@ class Variant(NamedTuple):
     probe_free: bool = False
     max_len: int = 512  # H's position columns: the longest sequence the variant runs
     compensate: bool = False
+    inplace: bool = True  # GatedSession updates H in its own buffers
+    export_of: str = ""  # runs another variant's export (same graph, other session setting)
 
 
 VARIANTS = (Variant("dense", 0.0), Variant("pp-40", 0.4),
             Variant("pp-40-probe-free", 0.4, probe_free=True),
             Variant("pp-40-len128", 0.4, max_len=128),
-            Variant("pp-40-compensate", 0.4, compensate=True))
+            Variant("pp-40-compensate", 0.4, compensate=True),
+            Variant("pp-40-copy-h", 0.4, inplace=False, export_of="pp-40"))
 STATIC = (("dense-static", False), ("dense-static-fused", True))
 PROFILE_RUNS = 3
 SHAPES = ((4, 128), (1, 512))
@@ -66,9 +72,13 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
     histories = {n: calibrate_history(loaded.model, loaded.shape, base, calib, max_len=n)
                  for n in {v.max_len for v in VARIANTS}}
     paths = {}
-    for v in (v for v in VARIANTS if v.name in names):
+    needed = set(names) | {v.export_of for v in VARIANTS if v.name in names and v.export_of}
+    for v in (v for v in VARIANTS if v.name in needed):
+        if v.export_of:
+            continue
         path = workdir / v.name / "model.onnx"
-        if not path.exists():
+        manifest = path.with_suffix(".gating.json")
+        if not manifest.exists() or "history_inplace" not in json.loads(manifest.read_text()):
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             export_gated_onnx(loaded.model, loaded.shape,
@@ -78,6 +88,9 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
             print(f"  exported {v.name} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
         assert check_static_gating(path) == []
         paths[v.name] = path
+    for v in (v for v in VARIANTS if v.name in names and v.export_of):
+        paths[v.name] = paths[v.export_of]
+    paths = {name: path for name, path in paths.items() if name in names}
     for name, fuse in (v for v in STATIC if v[0] in names):
         paths[name] = export_static(loaded.model, workdir / name / "model.onnx", fuse)
     return paths
@@ -125,10 +138,11 @@ def demo_dir() -> Path:
 
 
 def time_shape(paths: dict[str, Path], b: int, t: int, rounds: int) -> dict[str, list[float]]:
-    max_len = {v.name: v.max_len for v in VARIANTS}
+    gated = {v.name: v for v in VARIANTS}
     sessions: dict[str, Any] = {
-        name: StaticSession(p) if name not in max_len else GatedSession(p.parent)
-        for name, p in paths.items() if max_len.get(name, t) >= t}
+        name: StaticSession(p) if name not in gated
+        else GatedSession(p.parent, inplace=gated[name].inplace)
+        for name, p in paths.items() if name not in gated or gated[name].max_len >= t}
     ids = eval_tokens(b * (rounds + 2), t)
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for r in range(rounds + 2):
@@ -173,6 +187,43 @@ def profiled_share(path: Path, b: int, t: int) -> dict[str, Any]:
             "share": round(probe / total, 3) if total else None}
 
 
+def mac_bound(path: Path, b: int, t: int) -> dict[str, Any]:
+    """Multiply-accumulates of one ``b x t`` call of the gated graph at ``path`` against the
+    dense model, counted from its manifest: projections, attention scores (the full ``T x T``
+    products, as onnxruntime computes them) and the lm_head; per gated block the smaller
+    projections at the kept counts plus the probe (q/k/v and gate/up at full width on
+    ``ceil(f_t T)`` positions of ``ceil(f_s B)`` samples, attention among them). Their ratio
+    is the speedup the graph would reach if time followed arithmetic: an upper bound for
+    compute-bound CPU runs, before any Gather, TopK or H traffic."""
+    m = json.loads(path.with_suffix(".gating.json").read_text())
+    shape, pol, keep = m["model"], m["policy"], m["keep"]
+    hid, inter, d = shape["hidden"], shape["intermediate"], shape["head_dim"]
+    heads, kv = shape["n_heads"], shape["n_kv_heads"]
+
+    def block(q_heads: int, channels: int, tokens: int, seqs: int, length: int) -> int:
+        proj = hid * d * (2 * q_heads + 2 * kv) + 3 * hid * channels
+        return tokens * proj + seqs * q_heads * length * length * d * 2
+
+    dense_layer = block(heads, inter, b * t, b, t)
+    probe_t = min(t, max(2, math.ceil(t * pol["token_fraction"])))
+    probe_b = min(b, max(1, math.ceil(b * pol["sample_fraction"])))
+    probe = probe_t * probe_b * (hid * d * (heads + 2 * kv) + 2 * hid * inter) \
+        + probe_b * heads * probe_t ** 2 * d * 2
+    gated_layers = {name.split(".")[1] for name in keep}
+    head = b * t * hid * shape["vocab"]
+    dense = shape["n_layers"] * dense_layer + head
+    gated = head
+    for layer in range(shape["n_layers"]):
+        q_heads = keep.get(f"history.{layer}.attn", heads)
+        channels = keep.get(f"history.{layer}.mlp", inter)
+        gated += block(q_heads, channels, b * t, b, t)
+        gated += probe if str(layer) in gated_layers else 0
+    return {"variant": "MAC bound of pp-40", "batch": b, "seq_len": t,
+            "dense_gmac": round(dense / 1e9, 2), "gated_gmac": round(gated / 1e9, 2),
+            "probe_gmac": round(probe * len(gated_layers) / 1e9, 2),
+            "bound_speedup": round(dense / gated, 3)}
+
+
 def summarise(times: dict[str, list[float]], b: int, t: int) -> list[dict[str, Any]]:
     dense = statistics.median(times["dense"])
     fused = statistics.median(times.get("dense-static-fused", [float("nan")]))
@@ -204,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += summarise(time_shape(paths, b, t, args.rounds), b, t)
         if "pp-40" in paths:
             rows.append(profiled_share(paths["pp-40"], b, t))
+            rows.append(mac_bound(paths["pp-40"], b, t))
     result = {"benchmark": "probe_latency", "model": "SmolLM2-135M-Instruct (float32)",
               "provider": "CPUExecutionProvider", "rounds": args.rounds,
               "machine": {**machine(), "loadavg_before": load_before,
@@ -218,7 +270,11 @@ def _table(rows: list[dict[str, Any]]) -> None:
     print(f"{'variant':<22}{'shape':>9}{'median ms':>11}{'vs dense':>10}{'vs fused':>10}")
     for r in rows:
         shape = f"{r['batch']}x{r['seq_len']}"
-        if "probe_ms" not in r and "share" in r:
+        if "bound_speedup" in r:
+            print(f"{r['variant']:<22}{shape:>9}{r['gated_gmac']:>10.1f}G"
+                  f"{r['bound_speedup']:>9.2f}x   (dense {r['dense_gmac']:.1f} GMAC, "
+                  f"probe {r['probe_gmac']:.1f})")
+        elif "probe_ms" not in r and "share" in r:
             print(f"{r['variant']:<22}{shape:>9}{'':>11}{r['share']:>9.0%} of node time")
         elif "share" in r:
             print(f"{r['variant']:<22}{shape:>9}{r['probe_ms']:>11.1f}{r['share']:>9.0%} of pp-40")

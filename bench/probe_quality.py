@@ -5,12 +5,14 @@ ratio rescaled, MLP kept counts rounded to 64, heads by int(r * heads)): PP (pro
 50% positions x top 5% samples), full-batch probing (upper bound), both again with
 ``compensate = on`` (skipped units add W[:, skipped] @ the probe's mean activation), and
 the static wanda-sp / flap masks from the same calibration; plus the dense model. H is initialised
-from specs/data/kjv-calib.txt; perplexity is measured on specs/data/kjv-eval.txt (disjoint
-files) in batches, H carried from batch to batch. Prints a table and writes
-bench/results/probe_quality.json (machine noted).
+from specs/data/kjv-calib.txt (Genesis-Exodus) and perplexity is measured on
+specs/data/kjv-eval.txt (Matthew-Mark), disjoint files, in batches, H carried from batch to
+batch; ``--calib-file`` / ``--eval-file`` choose other files of specs/data/. Prints a table
+and writes bench/results/probe_quality.json (machine noted).
 
 Usage: python bench/probe_quality.py [--samples 40] [--calib 32] [--seq-len 128] [--batch 8]
-       [--ratios 0.2,0.4] [--no-dense] [--out FILE]   (the JSON is rewritten after each row)
+       [--ratios 0.2,0.4] [--calib-file F] [--eval-file F] [--methods M,..] [--no-dense]
+       [--out FILE]   (the JSON is rewritten after each row)
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ratios", default="0.2,0.4")
+    ap.add_argument("--calib-file", default="kjv-calib.txt", help="in specs/data/")
+    ap.add_argument("--eval-file", default="kjv-eval.txt", help="in specs/data/")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense row")
     ap.add_argument("--methods", default=DEFAULT_METHODS,
                     help="comma-separated, from: " + ",".join(c[0] for c in CONFIGS))
@@ -103,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     loaded = demo_model()
     model, shape = loaded.model, loaded.shape
-    calib = load_dataset(dataset("calib", "kjv-calib.txt", args.calib, args.seq_len),
+    calib = load_dataset(dataset("calib", args.calib_file, args.calib, args.seq_len),
                          ROOT / "specs", loaded.tokenizer)
-    data = load_dataset(dataset("eval", "kjv-eval.txt", args.samples, args.seq_len),
+    data = load_dataset(dataset("eval", args.eval_file, args.samples, args.seq_len),
                         ROOT / "specs", loaded.tokenizer)
     start = time.perf_counter()
     history = calibrate_history(model, shape, policy(0.0, ProbeMode.PROBE, ProbeMetric.PPSP),
@@ -135,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> None:
     """The JSON result so far (rewritten after every configuration)."""
     result = {"benchmark": "probe_quality", "model": "SmolLM2-135M-Instruct (demo, float32)",
-              "calibration": {"file": "specs/data/kjv-calib.txt", "samples": args.calib,
+              "calibration": {"file": f"specs/data/{args.calib_file}", "samples": args.calib,
                               "seq_len": args.seq_len},
-              "evaluation": {"file": "specs/data/kjv-eval.txt", "samples": args.samples,
+              "evaluation": {"file": f"specs/data/{args.eval_file}", "samples": args.samples,
                              "seq_len": args.seq_len, "batch": args.batch},
               "policy": {"skip": "layers[0..2]", "round_to": 64, "token_fraction": 0.5,
                          "sample_fraction": 0.05, "momentum": 0.99},

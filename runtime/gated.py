@@ -14,7 +14,10 @@ H column t is absolute position t; a batch of length T reads/updates columns 0..
 kept channels only). The graph is statically shaped in the pruned dims: TopK with constant
 K, Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it).
 ``GatedSession`` runs it with onnxruntime, keeping H as OrtValues on the provider's device
-(IOBinding; on CUDA H never leaves the GPU).
+(IOBinding; on CUDA H never leaves the GPU). Where ``inplace_histories`` proves it safe
+(recorded in the manifest as ``history_inplace``), each ``history_out.*`` is bound to the
+very buffer of its ``history.*`` input, so the scatter updates H in place instead of
+copying the whole H every call.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class GatedExportInfo:
     keep: dict[str, int]  # per history name: units kept per batch (heads or channels)
     max_len: int
     opset: int
+    history_inplace: tuple[str, ...] = ()  # inputs whose output may reuse their buffer
 
 
 def _names(history_names: tuple[str, ...], debug: bool) -> tuple[list[str], list[str]]:
@@ -99,6 +103,45 @@ def check_static_gating(path: str | Path) -> list[str]:
                    if n.op_type in FORBIDDEN_OPS})
 
 
+def inplace_histories(model: Any, pairs: dict[str, str]) -> tuple[str, ...]:
+    """The history inputs whose output may be written into the input's own buffer.
+
+    ``pairs`` maps ``history.*`` input names to their ``history_out.*`` outputs. A pair
+    qualifies when the output is produced by a ScatterND whose data input is the history
+    input itself (both onnxruntime's CPU and CUDA kernels skip their input-to-output copy
+    when the two buffers are the same) and every other node that reads the input is an
+    ancestor of that ScatterND, so every read happens before the write whatever order the
+    runtime picks. The input must not also be a graph output."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def ancestors(node: Any) -> set[int]:
+        seen: set[int] = set()
+        stack = [producer[i] for i in node.input if i in producer]
+        while stack:
+            cur = stack.pop()
+            if id(cur) not in seen:
+                seen.add(id(cur))
+                stack.extend(producer[i] for i in cur.input if i in producer)
+        return seen
+
+    safe = []
+    for name, out in pairs.items():
+        scatter = producer.get(out)
+        if (scatter is None or scatter.op_type != "ScatterND" or scatter.input[0] != name
+                or name in outputs or list(scatter.input).count(name) != 1):
+            continue
+        before = ancestors(scatter)
+        if all(node is scatter or id(node) in before for node in readers.get(name, [])):
+            safe.append(name)
+    return tuple(safe)
+
+
 def _keep_counts(gated: Any) -> dict[str, int]:
     blocks = [b for b in gated.blocks if b.dynamic]
     return {n: b.gate.keep for n, b in zip(gated.history_names, blocks)}
@@ -112,6 +155,8 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     ``history`` is the ``History`` from ``calibrate_history``; ``debug`` adds the kept
     indices as outputs; ``probe_free`` (benchmarks only) scores from H alone. Writes the
     three artifact files next to ``path``."""
+    import onnx
+
     from prunec.passes.probe import build_gated, initial_state
 
     path = Path(path)
@@ -120,12 +165,18 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
     inputs, outputs = _names(gated.history_names, debug)
     n = len(gated.history_names)
+    inplace = inplace_histories(onnx.load(str(path), load_external_data=False),
+                                dict(zip(inputs[1:], outputs[1:1 + n])))
     info = GatedExportInfo(str(path), str(path.with_suffix(".history.npz")),
                            str(path.with_suffix(".gating.json")), tuple(inputs[1:]),
                            tuple(outputs[1:1 + n]), tuple(outputs[1 + n:]),
-                           _keep_counts(gated), history.max_len, opset)
+                           _keep_counts(gated), history.max_len, opset, inplace)
     np.savez(info.history_path, **{k: v.numpy() for k, v in zip(inputs[1:], state)})
-    manifest = {**asdict(info), "policy": _policy_json(policy), "model": asdict(shape)}
+    # file names only: a build writes into a temporary directory and renames it
+    files = {k: Path(getattr(info, k)).name for k in ("onnx_path", "history_path",
+                                                       "manifest_path")}
+    manifest = {**asdict(info), **files, "policy": _policy_json(policy),
+                "model": asdict(shape)}
     Path(info.manifest_path).write_text(json.dumps(manifest, indent=2) + "\n")
     return info
 
@@ -156,10 +207,13 @@ class GatedSession:
 
     ``run(input_ids) -> logits`` (numpy). H lives in OrtValues on the first provider's
     device and is rebound through IOBinding, so on CUDA it stays on the GPU; logits and
-    debug outputs come back to the host. ``reset()`` restores the shipped initial H."""
+    debug outputs come back to the host. ``reset()`` restores the shipped initial H. With
+    ``inplace`` (default), the histories the manifest lists as ``history_inplace`` are
+    updated in their own buffers; ``inplace=False`` (or an artifact without that list)
+    binds fresh outputs and rebinds them as the next call's inputs."""
 
     def __init__(self, artifact: str | Path, providers: list[str] | None = None,
-                 session_options: Any = None) -> None:
+                 session_options: Any = None, inplace: bool = True) -> None:
         import onnxruntime as ort
 
         manifest_path = find_manifest(artifact)
@@ -174,18 +228,22 @@ class GatedSession:
         self.inputs = tuple(self.manifest["history_inputs"])
         self.outputs = tuple(self.manifest["history_outputs"])
         self.kept_names = tuple(self.manifest["kept_outputs"])
+        self.inplace = frozenset(self.manifest.get("history_inplace", ()) if inplace else ())
         self.kept: dict[str, np.ndarray] = {}
         self.reset()
 
     def reset(self) -> None:
         import onnxruntime as ort
 
-        self.state = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self._init[n]),
-                                                       self.device, 0) for n in self.inputs]
+        # a copy: on CPU the OrtValue wraps the array, and in-place updates would write into
+        # the shipped initial H
+        self.state = [ort.OrtValue.ortvalue_from_numpy(np.array(self._init[n], copy=True,
+                                                                order="C"), self.device, 0)
+                      for n in self.inputs]
 
     def history(self) -> dict[str, np.ndarray]:
         """The current H (copied to the host)."""
-        return {n: v.numpy() for n, v in zip(self.inputs, self.state)}
+        return {n: np.array(v.numpy(), copy=True) for n, v in zip(self.inputs, self.state)}
 
     def run(self, input_ids: Any) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
@@ -197,14 +255,18 @@ class GatedSession:
         for name, value in zip(self.inputs, self.state):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.outputs:
-            binding.bind_output(name, self.device)
+        for name, out, value in zip(self.inputs, self.outputs, self.state):
+            if name in self.inplace:
+                binding.bind_ortvalue_output(out, value)
+            else:
+                binding.bind_output(out, self.device)
         for name in self.kept_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()
         n = len(self.outputs)
-        self.state = list(values[1:1 + n])
+        self.state = [value if name in self.inplace else new
+                      for name, value, new in zip(self.inputs, self.state, values[1:1 + n])]
         self.kept = {k: v.numpy() for k, v in zip(self.kept_names, values[1 + n:])}
         logits: np.ndarray = values[0].numpy()
         return logits

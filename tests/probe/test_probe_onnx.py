@@ -9,6 +9,7 @@ static plan first (removed blocks, narrower layers), and once on SmolLM2 (slow).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,62 @@ def test_prunec_run_command(plain, tmp_path, capsys):  # type: ignore[no-untyped
     out = capsys.readouterr().out
     assert "perplexity" in out and "on 6 sequences x 12 tokens" in out
     assert "provider CPUExecutionProvider; H carried across 2 batches" in out
+
+
+def test_history_updated_in_place_matches_copying(plain):  # type: ignore[no-untyped-def]
+    """Every H of the exported graph is proven safe to update in place, the session keeps
+    the same buffers from call to call, and the results equal a session that copies."""
+    info, _ = plain
+    assert info.history_inplace == info.history_inputs
+    manifest = json.loads(Path(info.manifest_path).read_text())
+    assert manifest["history_inplace"] == list(info.history_inputs)
+    assert manifest["onnx_path"] == "gated.onnx"  # names only: artifacts are moved
+    inplace, copying = GatedSession(info.onnx_path), GatedSession(info.onnx_path, inplace=False)
+    assert inplace.inplace == set(info.history_inputs) and not copying.inplace
+    pointers = [v.data_ptr() for v in inplace.state]
+    for i, (b, t) in enumerate(BATCHES):
+        ids = np.random.default_rng(i).integers(0, 160, (b, t))
+        assert np.array_equal(inplace.run(ids), copying.run(ids))
+        assert inplace.kept.keys() == copying.kept.keys()
+        for k in inplace.kept:
+            assert np.array_equal(inplace.kept[k], copying.kept[k])
+        got, want = inplace.history(), copying.history()
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert [v.data_ptr() for v in inplace.state] == pointers
+    assert [v.data_ptr() for v in copying.state] != pointers
+
+
+def _scatter_graph(extra_reader_after: bool, h_is_output: bool) -> onnx.ModelProto:
+    """H [4, 3] -> Gather(rows) -> Mul 2 -> ScatterND back into H; optionally a reader of H
+    that depends on the ScatterND's output (so it may run after the write), and H also
+    exposed as a graph output."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Gather", ["h", "rows"], ["g"]),
+             helper.make_node("Mul", ["g", "two"], ["upd"]),
+             helper.make_node("Unsqueeze", ["rows", "one"], ["idx"]),
+             helper.make_node("ScatterND", ["h", "idx", "upd"], ["h_out"])]
+    outputs = [helper.make_tensor_value_info("h_out", f, [4, 3])]
+    if extra_reader_after:
+        nodes += [helper.make_node("Add", ["h_out", "h"], ["late"])]
+        outputs.append(helper.make_tensor_value_info("late", f, [4, 3]))
+    if h_is_output:
+        nodes.append(helper.make_node("Identity", ["h"], ["h_copy"]))
+        outputs.append(helper.make_tensor_value_info("h", f, [4, 3]))
+    inits = [numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "rows"),
+             numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("h", f, [4, 3])],
+                              outputs, inits)
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize("late,exposed,safe", [(False, False, True), (True, False, False),
+                                               (False, True, False)])
+def test_inplace_proof(late, exposed, safe):  # type: ignore[no-untyped-def]
+    from prunec.runtime.gated import inplace_histories
+
+    model = _scatter_graph(late, exposed)
+    assert inplace_histories(model, {"h": "h_out"}) == (("h",) if safe else ())
+    assert inplace_histories(model, {"h": "missing"}) == ()
