@@ -60,7 +60,7 @@ def head_rows(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
                         dtype=torch.long)
 
 
-def prune_attention_(attn: nn.Module, lp: LayerPlan, shape: ModelShape) -> None:
+def prune_attention_(attn: Any, lp: LayerPlan, shape: ModelShape) -> None:
     """Keep ``lp.kept_heads`` in a LlamaAttention-like module (q/k/v/o_proj), in place."""
     assert lp.kept_heads is not None
     d = shape.head_dim
@@ -74,7 +74,7 @@ def prune_attention_(attn: nn.Module, lp: LayerPlan, shape: ModelShape) -> None:
     attn.num_key_value_groups = len(lp.kept_heads) // len(kv_kept)
 
 
-def prune_mlp_(mlp: nn.Module, channels: tuple[int, ...]) -> None:
+def prune_mlp_(mlp: Any, channels: tuple[int, ...]) -> None:
     """Keep ``channels`` of a gate/up/down MLP, in place."""
     index = torch.tensor(channels, dtype=torch.long)
     mlp.gate_proj = select_linear(mlp.gate_proj, index, 0)
@@ -82,7 +82,7 @@ def prune_mlp_(mlp: nn.Module, channels: tuple[int, ...]) -> None:
     mlp.down_proj = select_linear(mlp.down_proj, index, 1)
 
 
-def apply_layer_plan_(layer: nn.Module, lp: LayerPlan, shape: ModelShape) -> None:
+def apply_layer_plan_(layer: Any, lp: LayerPlan, shape: ModelShape) -> None:
     """Apply one layer's plan to a decoder layer (self_attn / mlp children), in place."""
     if lp.attn_removed:
         layer.self_attn = ZeroAttention()
@@ -94,7 +94,7 @@ def apply_layer_plan_(layer: nn.Module, lp: LayerPlan, shape: ModelShape) -> Non
         prune_mlp_(layer.mlp, lp.kept_channels)
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: Any) -> nn.ModuleList:
     """The decoder layers of a Llama-style causal LM (``model.model.layers``)."""
     layers = model.model.layers
     assert isinstance(layers, nn.ModuleList)
@@ -112,7 +112,7 @@ def apply_plan_(model: nn.Module, plan: Plan, shape: ModelShape) -> nn.Module:
     return model
 
 
-def shape_of(model: nn.Module) -> ModelShape:
+def shape_of(model: Any) -> ModelShape:
     """The ``ModelShape`` of a loaded Llama-style Hugging Face causal LM: its config read by
     ``compiler.shape.shape_from_config_dict``, the same rules as a config.json on disk
     (``ShapeProblem`` for an unsupported model type)."""
@@ -151,7 +151,7 @@ def apply_output_biases_(model: nn.Module, biases: Mapping[int, Any]) -> nn.Modu
     layers = decoder_layers(model)
     with torch.no_grad():
         for index, bias in biases.items():
-            layer = layers[index]
+            layer: Any = layers[index]
             if bias.mlp is not None and isinstance(getattr(layer.mlp, "down_proj", None),
                                                    nn.Linear):
                 add_output_bias_(layer.mlp.down_proj, bias.mlp)

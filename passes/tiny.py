@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,12 +51,13 @@ def tiny_llama(seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
         max_position_embeddings=512,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model: Any = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
-    return model.eval()
+    evaluated: nn.Module = model.eval()
+    return evaluated
 
 
 def random_plan(shape: ModelShape, seed: int, p_remove: float = 0.25) -> Plan:

@@ -18,18 +18,21 @@ from prunec.compiler.plan import LayerPlan, Plan, param_count
 
 
 def dense_params(shape: ModelShape) -> int:
-    return param_count(shape, Plan.dense(shape))
+    count: int = param_count(shape, Plan.dense(shape))
+    return count
 
 
 def removed_params(shape: ModelShape, plan: Plan) -> int:
-    return dense_params(shape) - param_count(shape, plan)
+    removed: int = dense_params(shape) - param_count(shape, plan)
+    return removed
 
 
 def params_goal(static: StaticPrune, shape: ModelShape) -> int | None:
     """Parameters to remove for a ``params`` target (None for per-dimension targets)."""
     if static.target.params is None:
         return None
-    return round(static.target.params * dense_params(shape))
+    goal: int = round(static.target.params * dense_params(shape))
+    return goal
 
 
 def prunable_layers(static: StaticPrune, shape: ModelShape) -> tuple[int, ...]:
@@ -38,35 +41,45 @@ def prunable_layers(static: StaticPrune, shape: ModelShape) -> tuple[int, ...]:
 
 
 def mlp_step(static: StaticPrune, shape: ModelShape) -> int:
+    step: int
     if static.steps is not None and static.steps.mlp_channels:
-        return static.steps.mlp_channels
+        step = static.steps.mlp_channels
+        return step
     if shape.intermediate >= 512:
-        return max(64, round(shape.intermediate / 8 / 64) * 64)
-    return max(1, shape.intermediate // 8)
+        step = max(64, round(shape.intermediate / 8 / 64) * 64)
+        return step
+    step = max(1, shape.intermediate // 8)
+    return step
 
 
 def head_step(static: StaticPrune) -> int:
     if static.steps is not None and static.steps.head_groups:
-        return static.steps.head_groups
+        groups: int = static.steps.head_groups
+        return groups
     return 1
 
 
 def channel_unit(shape: ModelShape) -> int:
     unit = 64 if shape.intermediate >= 1024 else 8
-    return max(1, min(unit, shape.intermediate // 4))
+    rounded: int = max(1, min(unit, shape.intermediate // 4))
+    return rounded
 
 
 def attn_params(shape: ModelShape, lp: LayerPlan) -> int:
     """Parameters of one layer's attention block under ``lp`` (norm included)."""
-    return param_count(shape, Plan((lp,), "x")) - _embedding_params(shape) - _mlp_params(shape, lp)
+    params: int = (param_count(shape, Plan((lp,), "x")) - _embedding_params(shape)
+                   - _mlp_params(shape, lp))
+    return params
 
 
 def _mlp_params(shape: ModelShape, lp: LayerPlan) -> int:
     if lp.mlp_removed:
         return 0
     c = shape.intermediate if lp.kept_channels is None else len(lp.kept_channels)
-    return shape.hidden + 3 * shape.hidden * c
+    params: int = shape.hidden + 3 * shape.hidden * c
+    return params
 
 
 def _embedding_params(shape: ModelShape) -> int:
-    return shape.vocab * shape.hidden * (1 if shape.tied_embeddings else 2) + shape.hidden
+    params: int = shape.vocab * shape.hidden * (1 if shape.tied_embeddings else 2) + shape.hidden
+    return params

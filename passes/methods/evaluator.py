@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ Chunks = list[torch.Tensor]
 class Driver:
     """Runs single decoder layers on the calibration chunks, as ``LlamaModel.forward`` does."""
 
-    def __init__(self, model: nn.Module, calib: torch.Tensor, batch_size: int) -> None:
+    def __init__(self, model: Any, calib: torch.Tensor, batch_size: int) -> None:
         from transformers.masking_utils import create_causal_mask
 
         self.model = model
@@ -64,7 +65,7 @@ class Driver:
         return head_nll(self.model, self.model.model.norm(hidden), self.ids[chunk])
 
 
-def head_nll(model: nn.Module, normed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def head_nll(model: Any, normed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     logits = model.lm_head(normed)[:, :-1]
     nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                       ids[:, 1:].reshape(-1), reduction="none")
@@ -76,7 +77,8 @@ def perplexity(per_sequence: list[torch.Tensor]) -> float:
 
 
 def is_identity(lp: LayerPlan) -> bool:
-    return lp.attn_removed and lp.mlp_removed
+    identity: bool = lp.attn_removed and lp.mlp_removed
+    return identity
 
 
 @dataclass
@@ -131,8 +133,9 @@ class FastEngine:
 
     def _module(self, lp: LayerPlan) -> nn.Module:
         if lp == LayerPlan(lp.index):
-            return self.base[lp.index]
-        layer = copy.deepcopy(self.base[lp.index])
+            base: nn.Module = self.base[lp.index]
+            return base
+        layer: nn.Module = copy.deepcopy(self.base[lp.index])
         with torch.no_grad():
             apply_layer_plan_(layer, lp, self.shape)
         return layer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,18 +41,20 @@ class LayerStats:
     attn: ChannelStats  # input of o_proj
 
 
-def mlp_magnitude(layer: nn.Module) -> torch.Tensor:
+def mlp_magnitude(layer: Any) -> torch.Tensor:
     mlp = layer.mlp
-    return (mlp.gate_proj.weight.detach().abs().sum(1)
-            + mlp.up_proj.weight.detach().abs().sum(1)).double()
+    out: torch.Tensor = (mlp.gate_proj.weight.detach().abs().sum(1)
+                         + mlp.up_proj.weight.detach().abs().sum(1)).double()
+    return out
 
 
-def head_magnitude(layer: nn.Module, shape: ModelShape) -> torch.Tensor:
+def head_magnitude(layer: Any, shape: ModelShape) -> torch.Tensor:
     attn, d, g = layer.self_attn, shape.head_dim, shape.group_size
     q = attn.q_proj.weight.detach().abs().double().sum(1).view(shape.n_heads, d).sum(1)
     k = attn.k_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
     v = attn.v_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
-    return (q + (k + v).repeat_interleave(g)) / d
+    out: torch.Tensor = (q + (k + v).repeat_interleave(g)) / d
+    return out
 
 
 def heads_from_columns(columns: torch.Tensor, shape: ModelShape) -> torch.Tensor:
@@ -69,7 +72,7 @@ def flap_columns(weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
 ColumnScorer = Callable[[torch.Tensor, ChannelStats], torch.Tensor]
 
 
-def activation_scores(layer: nn.Module, stats: LayerStats, shape: ModelShape,
+def activation_scores(layer: Any, stats: LayerStats, shape: ModelShape,
                       scorer: ColumnScorer) -> tuple[torch.Tensor, torch.Tensor]:
     """(channel scores, head scores) of one layer under an activation-aware scorer."""
     channels = scorer(layer.mlp.down_proj.weight, stats.mlp)
@@ -96,7 +99,7 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def collect_stats(model: nn.Module, calib: torch.Tensor, batch_size: int) -> list[LayerStats]:
+def collect_stats(model: Any, calib: torch.Tensor, batch_size: int) -> list[LayerStats]:
     """Input statistics of every layer's down_proj and o_proj over ``calib`` (dense model)."""
     accs: list[tuple[_Accumulator, _Accumulator]] = []
     handles = []

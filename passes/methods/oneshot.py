@@ -62,7 +62,9 @@ def _stats(static: StaticPrune, model: nn.Module, calib: torch.Tensor | None,
     if calib is None:
         raise CompileError((Diagnostic.error(
             "P0212", f"{static.method.value} needs calibration data", static.span),))
-    return importance.collect_stats(model, calib, options.batch_size)
+    stats: list[importance.LayerStats] = importance.collect_stats(model, calib,
+                                                                  options.batch_size)
+    return stats
 
 
 def layer_scores(method: StaticMethod, model: nn.Module, shape: ModelShape,

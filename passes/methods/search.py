@@ -163,16 +163,21 @@ def stage_limits(static: StaticPrune, shape: ModelShape) -> Limits:
 
 
 def removed(kind: str, plan: Plan, shape: ModelShape) -> float:
+    count: float
     if kind == "params":
-        return budget.removed_params(shape, plan)
+        count = budget.removed_params(shape, plan)
+        return count
     if kind == "blocks":
-        return sum(lp.attn_removed + lp.mlp_removed for lp in plan.layers)
+        count = sum(lp.attn_removed + lp.mlp_removed for lp in plan.layers)
+        return count
     if kind == "channels":
-        return sum(shape.intermediate if lp.mlp_removed else
-                   shape.intermediate - len(lp.kept_channels or range(shape.intermediate))
-                   for lp in plan.layers)
-    return sum(shape.n_heads if lp.attn_removed else
-               shape.n_heads - len(lp.kept_heads or range(shape.n_heads)) for lp in plan.layers)
+        count = sum(shape.intermediate if lp.mlp_removed else
+                    shape.intermediate - len(lp.kept_channels or range(shape.intermediate))
+                    for lp in plan.layers)
+        return count
+    count = sum(shape.n_heads if lp.attn_removed else
+                shape.n_heads - len(lp.kept_heads or range(shape.n_heads)) for lp in plan.layers)
+    return count
 
 
 @dataclass
@@ -261,4 +266,5 @@ def search_step(stage: str, static: StaticPrune, shape: ModelShape, orders: Orde
 
 
 def shape_params(shape: ModelShape, plan: Plan) -> int:
-    return budget.dense_params(shape) - budget.removed_params(shape, plan)
+    params: int = budget.dense_params(shape) - budget.removed_params(shape, plan)
+    return params

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -48,7 +49,7 @@ def skipped_layers(policy: ProbePolicy, n_layers: int) -> frozenset[int]:
     return frozenset(i for sel in policy.skip for i in sel.resolve(n_layers))
 
 
-def local_heads(attn: nn.Module, shape: ModelShape) -> tuple[int, int]:
+def local_heads(attn: Any, shape: ModelShape) -> tuple[int, int]:
     """(query heads, kv heads) present in an attention module (after static pruning)."""
     d = shape.head_dim
     return attn.q_proj.weight.shape[0] // d, attn.k_proj.weight.shape[0] // d

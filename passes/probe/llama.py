@@ -13,6 +13,7 @@ against).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,13 @@ from prunec.passes.reference import decoder_layers
 class GatedLlama(nn.Module):
     """Embedding -> gated blocks (residual) -> final norm -> lm_head."""
 
-    def __init__(self, model: nn.Module, blocks: list[GatedBlock], names: list[str],
+    embed: torch.Tensor
+    lm_head: torch.Tensor | None
+    final_norm: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __init__(self, model: Any, blocks: list[GatedBlock], names: list[str],
                  max_len: int, eps: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -63,7 +70,7 @@ class GatedLlama(nn.Module):
         return rms_norm(h, self.final_norm, self.eps) @ head.t(), new, kept
 
 
-def rope_tables(rotary: nn.Module, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(rotary: Any, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin ``[max_len, head_dim]`` as HF's LlamaRotaryEmbedding computes them."""
     inv = rotary.inv_freq.detach().float()
     freqs = torch.arange(max_len, dtype=torch.float32).unsqueeze(1) * inv.unsqueeze(0)
@@ -72,7 +79,7 @@ def rope_tables(rotary: nn.Module, max_len: int) -> tuple[torch.Tensor, torch.Te
     return emb.cos() * scale, emb.sin() * scale
 
 
-def settings_of(model: nn.Module, shape: ModelShape, policy: ProbePolicy) -> ProbeSettings:
+def settings_of(model: Any, shape: ModelShape, policy: ProbePolicy) -> ProbeSettings:
     return ProbeSettings(full_batch=policy.mode is ProbeMode.FULL_BATCH,
                          token_frac=as_fraction(policy.token_fraction),
                          sample_frac=as_fraction(policy.sample_fraction),
@@ -80,7 +87,7 @@ def settings_of(model: nn.Module, shape: ModelShape, policy: ProbePolicy) -> Pro
                          head_dim=shape.head_dim, compensate=policy.compensate)
 
 
-def _check_supported(model: nn.Module) -> None:
+def _check_supported(model: Any) -> None:
     cfg = model.config
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ValueError(f"probe gating supports SiLU MLPs, not {cfg.hidden_act}")
@@ -94,7 +101,9 @@ def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | Non
     if gate.kind is not GateKind.STATIC:
         return None
     assert stats is not None
-    return static_choice(policy.metric, weight, stats, history.calib_len, unit, gate.keep)
+    choice: tuple[torch.Tensor, torch.Tensor | None] = static_choice(
+        policy.metric, weight, stats, history.calib_len, unit, gate.keep)
+    return choice
 
 
 def _blocks(model: nn.Module, gates: tuple[LayerGate, ...], policy: ProbePolicy,
@@ -156,6 +165,7 @@ class ProbeRunner:
         if input_ids.shape[1] > self.max_len:
             raise ValueError(f"sequence length {input_ids.shape[1]} > history max_len "
                              f"{self.max_len}")
+        logits: torch.Tensor
         with torch.no_grad():
             logits, self.state, self.last_kept = self.gated(input_ids, self.state)
         return logits

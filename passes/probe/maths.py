@@ -34,7 +34,7 @@ def as_fraction(f: float) -> Fraction:
 def ceil_count(n: int, frac: Fraction, minimum: int) -> int:
     """``min(n, max(minimum, ceil(frac * n)))`` in integer arithmetic (SymInt friendly)."""
     c = (n * frac.numerator + frac.denominator - 1) // frac.denominator
-    return torch.sym_min(n, torch.sym_max(minimum, c))  # type: ignore[no-any-return]
+    return torch.sym_min(n, torch.sym_max(minimum, c))  # type: ignore[no-any-return, no-untyped-call]
 
 
 def probe_positions(h: torch.Tensor, token_frac: Fraction) -> torch.Tensor:

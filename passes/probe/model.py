@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,6 +84,10 @@ def select_probe(h: torch.Tensor, s: ProbeSettings) -> tuple[torch.Tensor, torch
 
 class GatedBlock(nn.Module):
     """Shared plumbing of the attention and MLP blocks: norm, gate, static index, bias."""
+
+    norm: torch.Tensor
+    static_idx: torch.Tensor | None
+    bias: torch.Tensor | None
 
     def __init__(self, norm: torch.Tensor, gate: BlockGate, settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
@@ -166,7 +171,11 @@ class GatedBlock(nn.Module):
 class GatedMLP(GatedBlock):
     """SwiGLU MLP; unit = intermediate channel k (gate/up row k, down column k)."""
 
-    def __init__(self, mlp: nn.Module, norm: torch.Tensor, gate: BlockGate,
+    w_gate_up: torch.Tensor
+    w_down_t: torch.Tensor
+    down_pow4: torch.Tensor
+
+    def __init__(self, mlp: Any, norm: torch.Tensor, gate: BlockGate,
                  settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         super().__init__(norm, gate, settings, static)
@@ -188,7 +197,8 @@ class GatedMLP(GatedBlock):
         return act @ wd
 
     def importance(self, s: torch.Tensor) -> torch.Tensor:
-        return maths.mlp_importance(s, self.down_pow4)
+        out: torch.Tensor = maths.mlp_importance(s, self.down_pow4)
+        return out
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         return idx
@@ -197,7 +207,15 @@ class GatedMLP(GatedBlock):
 class GatedAttention(GatedBlock):
     """GQA attention; unit = query head h (q rows and o_proj columns h*d .. h*d+d-1)."""
 
-    def __init__(self, attn: nn.Module, norm: torch.Tensor, gate: BlockGate,
+    w_q: torch.Tensor
+    w_k: torch.Tensor
+    w_v: torch.Tensor
+    w_o_t: torch.Tensor
+    o_pow4: torch.Tensor
+    kv_map: torch.Tensor
+    head_offsets: torch.Tensor
+
+    def __init__(self, attn: Any, norm: torch.Tensor, gate: BlockGate,
                  settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         super().__init__(norm, gate, settings, static)
@@ -231,7 +249,8 @@ class GatedAttention(GatedBlock):
         return act @ wo.reshape(-1, wo.shape[-1])
 
     def importance(self, s: torch.Tensor) -> torch.Tensor:
-        return maths.head_importance(s, self.o_pow4, self.settings.head_dim)
+        out: torch.Tensor = maths.head_importance(s, self.o_pow4, self.settings.head_dim)
+        return out
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         d = self.settings.head_dim

@@ -22,11 +22,11 @@ def column_scores(metric: ProbeMetric, weight: torch.Tensor, stats: BlockHistory
                   calib_len: int) -> torch.Tensor:
     """Per input column of ``weight`` (o_proj / down_proj), the baseline's score."""
     w = weight.detach().double()
-    sq = stats.sq[:calib_len].double().mean(0)
+    sq: torch.Tensor = stats.sq[:calib_len].double().mean(0)
     if metric is ProbeMetric.WANDA_SP:
         return w.abs().sum(0) * sq.sqrt()
     if metric is ProbeMetric.FLAP:
-        var = (sq - stats.mean.double().pow(2)).clamp_min(0.0)
+        var: torch.Tensor = (sq - stats.mean.double().pow(2)).clamp_min(0.0)
         return var * w.pow(2).sum(0)
     raise ValueError(f"{metric} is not a static metric")
 
