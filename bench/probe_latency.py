@@ -197,8 +197,8 @@ def mac_bound(path: Path, b: int, t: int) -> dict[str, Any]:
     compute-bound CPU runs, before any Gather, TopK or H traffic."""
     m = json.loads(path.with_suffix(".gating.json").read_text())
     shape, pol, keep = m["model"], m["policy"], m["keep"]
-    hid, inter, d = shape["hidden"], shape["intermediate"], shape["head_dim"]
-    heads, kv = shape["n_heads"], shape["n_kv_heads"]
+    hid, inter, d = int(shape["hidden"]), int(shape["intermediate"]), int(shape["head_dim"])
+    heads, kv = int(shape["n_heads"]), int(shape["n_kv_heads"])
 
     def block(q_heads: int, channels: int, tokens: int, seqs: int, length: int) -> int:
         proj = hid * d * (2 * q_heads + 2 * kv) + 3 * hid * channels
