@@ -13,9 +13,8 @@ For reference, the dense model is also exported the way a static build ships it
 instead of 512), timed at 4x128 only; ``pp-40-compensate`` is PP-40 with
 ``compensate = on``; ``pp-40-copy-h`` runs PP-40's graph with a session that binds fresh
 H outputs every call (``GatedSession(inplace=False)``, the behaviour before H was updated in
-place). Batches 4x128 and 1x512 of held-out tokens; runs are interleaved
-(variant after variant,
-round after round) and the median per variant is reported. Prints a table and writes
+place). Batches 4x128 and 1x512 of held-out tokens; runs are interleaved (variant after
+variant, round after round) and the median per variant is reported. Prints a table and writes
 bench/results/probe_latency.json with the machine and its load average noted.
 
 Usage: python bench/probe_latency.py [--rounds 15] [--workdir /tmp/prunec-probe-latency]
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -40,6 +38,7 @@ from probe_quality import ROOT, dataset, demo_model, machine, policy
 
 from prunec.compiler.ir import ProbeMetric, ProbeMode
 from prunec.passes.probe import calibrate_history
+from prunec.passes.probe.maths import as_fraction, ceil_count
 from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
@@ -73,9 +72,7 @@ def export_all(workdir: Path, names: list[str]) -> dict[str, Path]:
                  for n in {v.max_len for v in VARIANTS}}
     paths = {}
     needed = set(names) | {v.export_of for v in VARIANTS if v.name in names and v.export_of}
-    for v in (v for v in VARIANTS if v.name in needed):
-        if v.export_of:
-            continue
+    for v in (v for v in VARIANTS if v.name in needed and not v.export_of):
         path = workdir / v.name / "model.onnx"
         manifest = path.with_suffix(".gating.json")
         if not manifest.exists() or "history_inplace" not in json.loads(manifest.read_text()):
@@ -205,8 +202,8 @@ def mac_bound(path: Path, b: int, t: int) -> dict[str, Any]:
         return tokens * proj + seqs * q_heads * length * length * d * 2
 
     dense_layer = block(heads, inter, b * t, b, t)
-    probe_t = min(t, max(2, math.ceil(t * pol["token_fraction"])))
-    probe_b = min(b, max(1, math.ceil(b * pol["sample_fraction"])))
+    probe_t = ceil_count(t, as_fraction(pol["token_fraction"]), 2)  # the graph's own counts
+    probe_b = ceil_count(b, as_fraction(pol["sample_fraction"]), 1)
     probe = probe_t * probe_b * (hid * d * (heads + 2 * kv) + 2 * hid * inter) \
         + probe_b * heads * probe_t ** 2 * d * 2
     gated_layers = {name.split(".")[1] for name in keep}

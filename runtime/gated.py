@@ -57,7 +57,8 @@ def _names(history_names: tuple[str, ...], debug: bool) -> tuple[list[str], list
 
 
 def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, opset: int,
-            debug: bool) -> None:
+            debug: bool) -> tuple[str, ...]:
+    """Writes the graph to ``path``; returns the histories it may update in place."""
     import torch
     from torch.export import Dim
 
@@ -77,11 +78,12 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
     torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
                       dynamic_shapes=dyn, opset_version=opset, optimize=True,
                       input_names=inputs, output_names=outputs, external_data=False)
-    _name_dynamic_dims(path)
+    return _finish(path, dict(zip(inputs[1:], outputs[1:1 + len(state)])))
 
 
-def _name_dynamic_dims(path: Path) -> None:
-    """Call the symbolic dims of ``input_ids`` ``batch`` and ``seq`` everywhere in the graph."""
+def _finish(path: Path, pairs: dict[str, str]) -> tuple[str, ...]:
+    """Call the symbolic dims of ``input_ids`` ``batch`` and ``seq`` everywhere in the graph,
+    and (on the same loaded model) find the histories ``inplace_histories`` proves safe."""
     import onnx
 
     model = onnx.load(str(path))
@@ -92,6 +94,7 @@ def _name_dynamic_dims(path: Path) -> None:
             if dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
     onnx.save(model, str(path))
+    return inplace_histories(model, pairs)
 
 
 def check_static_gating(path: str | Path) -> list[str]:
@@ -155,18 +158,14 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     ``history`` is the ``History`` from ``calibrate_history``; ``debug`` adds the kept
     indices as outputs; ``probe_free`` (benchmarks only) scores from H alone. Writes the
     three artifact files next to ``path``."""
-    import onnx
-
     from prunec.passes.probe import build_gated, initial_state
 
     path = Path(path)
     gated = build_gated(model, shape, policy, history, probe_free)
     state = initial_state(gated, history)
-    _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
+    inplace = _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
     inputs, outputs = _names(gated.history_names, debug)
     n = len(gated.history_names)
-    inplace = inplace_histories(onnx.load(str(path), load_external_data=False),
-                                dict(zip(inputs[1:], outputs[1:1 + n])))
     info = GatedExportInfo(str(path), str(path.with_suffix(".history.npz")),
                            str(path.with_suffix(".gating.json")), tuple(inputs[1:]),
                            tuple(outputs[1:1 + n]), tuple(outputs[1 + n:]),
@@ -265,6 +264,8 @@ class GatedSession:
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()
         n = len(self.outputs)
+        # in-place histories keep their own OrtValue: on CPU it holds the numpy array that
+        # owns the buffer, which the returned wrapper of the same buffer would not keep alive
         self.state = [value if name in self.inplace else new
                       for name, value, new in zip(self.inputs, self.state, values[1:1 + n])]
         self.kept = {k: v.numpy() for k, v in zip(self.kept_names, values[1 + n:])}
