@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -49,15 +51,38 @@ def load_tokens(data: Path, seq_len: int, tokenizer_dir: Path) -> Any:
     return ids[:n * seq_len].reshape(n, seq_len)
 
 
+def _user_error(code: str, message: str, where: str) -> CompileError:
+    return CompileError((Diagnostic.error(code, message, Span.unknown(where)),))
+
+
 def run_command(args: argparse.Namespace) -> int:
+    """Bad input (no manifest, a missing or too short data file, sequences longer than the
+    artifact's H) is a diagnostic with exit 1, not an internal error."""
     import torch
 
     from prunec.runtime.evaluate import perplexity
-    from prunec.runtime.gated import GatedSession, find_manifest
+    from prunec.runtime.gated import MIN_SEQ, GatedSession, find_manifest
 
-    session = GatedSession(args.artifact, providers=PROVIDERS[args.provider])
-    tok_dir = Path(args.tokenizer) if args.tokenizer else find_manifest(args.artifact).parent
-    tokens = load_tokens(Path(args.data), args.seq_len, tok_dir)[:args.samples]
+    try:
+        manifest = find_manifest(args.artifact)
+    except FileNotFoundError as exc:
+        raise _user_error("P0404", f"{exc}: not a gated artifact", args.artifact) from exc
+    if not manifest.is_file():
+        raise _user_error("P0404", f"{manifest} does not exist", args.artifact)
+    data = Path(args.data)
+    if not data.is_file():
+        raise _user_error("P0302", f"data file {data} does not exist", args.data)
+    session = GatedSession(manifest, providers=PROVIDERS[args.provider])
+    tok_dir = Path(args.tokenizer) if args.tokenizer else manifest.parent
+    try:
+        tokens = load_tokens(data, args.seq_len, tok_dir)[:args.samples]
+    except ValueError as exc:
+        raise _user_error("P0402", str(exc), args.data) from exc
+    max_len = int(session.manifest["max_len"])
+    if not MIN_SEQ <= tokens.shape[1] <= max_len:
+        raise _user_error("P0403", f"sequences of {tokens.shape[1]} tokens (--seq-len for text "
+                          f"data) are outside [{MIN_SEQ}, {max_len}], the lengths this "
+                          "artifact's history covers", args.data)
 
     def logits(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(batch.numpy()))

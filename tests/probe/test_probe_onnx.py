@@ -231,3 +231,4 @@ def test_inplace_proof(late, exposed, safe):  # type: ignore[no-untyped-def]
     model = _scatter_graph(late, exposed)
     assert inplace_histories(model, {"h": "h_out"}) == (("h",) if safe else ())
     assert inplace_histories(model, {"h": "missing"}) == ()
+

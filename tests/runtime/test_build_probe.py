@@ -75,3 +75,30 @@ def test_eval_gated_artifact(gated_build: Any, capsys: pytest.CaptureFixture[str
     assert main(args) == 0
     got = json.loads(capsys.readouterr().out)["perplexity"]["data"]["pruned"]["ppl"]
     assert got == pytest.approx(report["perplexity"]["eval"]["pruned"]["ppl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("case,code", [("no-artifact", "P0404"), ("no-data", "P0302"),
+                                       ("too-long", "P0403"), ("npy-too-long", "P0403"),
+                                       ("too-short-text", "P0402")])
+def test_run_bad_input_is_a_diagnostic(gated_build: Any, tmp_path: Path, case: str, code: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`prunec run` on bad input: exit 1 and a P-code, never an internal error."""
+    import numpy as np
+
+    from prunec.runtime.cli import main
+
+    _, out, _ = gated_build
+    max_len = json.loads((out / "model.gating.json").read_text())["max_len"]
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.zeros((2, max_len + 1), dtype=np.int64))
+    text = tmp_path / "short.txt"
+    text.write_text("In the beginning")
+    argv = {"no-artifact": [str(tmp_path / "nothing"), "--data", str(ids)],
+            "no-data": [str(out), "--data", str(tmp_path / "missing.npy")],
+            "too-long": [str(out), "--data", str(buildkit.KJV_EVAL), "--seq-len",
+                         str(max_len + 1)],
+            "npy-too-long": [str(out), "--data", str(ids)],
+            "too-short-text": [str(out), "--data", str(text), "--seq-len", str(max_len)]}[case]
+    assert main(["run", *argv]) == 1
+    err = capsys.readouterr().err
+    assert f"error[{code}]" in err and "internal error" not in err
