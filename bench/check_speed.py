@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -20,6 +19,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "specs" / "data"
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
     text = generate(args.lines)
+    run_on = machine.start()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.prune"
         path.write_text(text)
@@ -87,8 +90,6 @@ def main() -> None:
         first, warm = time_in_process(text, path, args.repeat)
     rows: dict[str, float | int] = {
         "lines": text.count("\n"),
-        "cpus": os.cpu_count() or 0,
-        "load_average_1min": round(os.getloadavg()[0], 2),
         "cli_fresh_process_s_median": statistics.median(cli),
         "cli_fresh_process_cpu_s_median": statistics.median(cli_cpu),
         "in_process_first_call_s": first,
@@ -100,7 +101,7 @@ def main() -> None:
               f"{key:<{width}}  {value}")
     out = ROOT / "bench" / "results" / "check_speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"python": sys.version.split()[0], **rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": run_on.entry(), **rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

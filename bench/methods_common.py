@@ -11,9 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +75,6 @@ def perplexity(model: Any, result: MethodResult | None, shape: Any, ids: torch.T
     nll = [head_nll(pruned, pruned.model(ids[s:s + batch], use_cache=False).last_hidden_state,
                     ids[s:s + batch]) for s in range(0, ids.shape[0], batch)]
     return math.exp(float(torch.cat(nll).mean()))
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

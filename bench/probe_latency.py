@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,11 +33,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_quality import ROOT, dataset, demo_model, machine, policy
+import machine
+from probe_quality import ROOT, dataset, demo_model, policy
 
+from prunec.compiler.budget import as_fraction, ceil_count
 from prunec.compiler.ir import ProbeMetric, ProbeMode
 from prunec.passes.probe import calibrate_history
-from prunec.passes.probe.maths import as_fraction, ceil_count
 from prunec.runtime.data import load_dataset
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_latency.json"))
     args = ap.parse_args(argv)
     paths = export_all(Path(args.workdir), args.variants.split(","))
-    load_before = os.getloadavg()
+    run_on = machine.start()
     rows = []
     for b, t in SHAPES:
         rows += summarise(time_shape(paths, b, t, args.rounds), b, t)
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(mac_bound(paths["pp-40"], b, t))
     result = {"benchmark": "probe_latency", "model": "SmolLM2-135M-Instruct (float32)",
               "provider": "CPUExecutionProvider", "rounds": args.rounds,
-              "machine": {**machine(), "loadavg_before": load_before,
-                          "loadavg_after": os.getloadavg()}, "rows": rows}
+              "machine": run_on.entry(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     _table(rows)

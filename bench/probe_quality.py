@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
@@ -59,22 +58,6 @@ CONFIGS = (("pp", ProbeMode.PROBE, ProbeMetric.PPSP),
 DEFAULT_METHODS = "pp,full-batch,pp-compensate,full-batch-compensate,wanda-sp,flap"
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads()}
-
-
 def policy(ratio: float, mode: ProbeMode, metric: ProbeMetric, round_to: int = 64,
            compensate: bool = False) -> ProbePolicy:
     skip = (LayerSelector(SelectorKind.RANGE, 0, 2, SPAN),)
@@ -105,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated, from: " + ",".join(c[0] for c in CONFIGS))
     ap.add_argument("--out", default=str(ROOT / "bench/results/probe_quality.json"))
     args = ap.parse_args(argv)
+    run_on = machine.start()
     loaded = demo_model()
     model, shape = loaded.model, loaded.shape
     calib = load_dataset(dataset("calib", args.calib_file, args.calib, args.seq_len),
@@ -130,14 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                          **perplexity(runner.run, data, args.batch).to_json()})
             _print(rows[-1])
             del runner
-            _write(args, rows, time.perf_counter() - start)
-    _write(args, rows, time.perf_counter() - start)
+            _write(args, run_on, rows, time.perf_counter() - start)
+    _write(args, run_on, rows, time.perf_counter() - start)
     _table(rows)
     return 0
 
 
-def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> None:
-    """The JSON result so far (rewritten after every configuration)."""
+def _write(args: argparse.Namespace, run_on: machine.Machine, rows: list[dict[str, Any]],
+           seconds: float) -> None:
+    """The JSON result so far (rewritten after every configuration; load_after as of now)."""
     result = {"benchmark": "probe_quality", "model": "SmolLM2-135M-Instruct (demo, float32)",
               "calibration": {"file": f"specs/data/{args.calib_file}", "samples": args.calib,
                               "seq_len": args.seq_len},
@@ -145,7 +130,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
                              "seq_len": args.seq_len, "batch": args.batch},
               "policy": {"skip": "layers[0..2]", "round_to": 64, "token_fraction": 0.5,
                          "sample_fraction": 0.05, "momentum": 0.99},
-              "machine": machine(), "seconds": round(seconds, 1), "rows": rows}
+              "machine": run_on.entry(), "seconds": round(seconds, 1), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -24,8 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import machine
 import torch
-from methods_common import load_demo, machine, static, tokens, write_json
+from methods_common import load_demo, static, tokens, write_json
 
 from prunec.compiler.ir import StaticMethod, WidthImportance
 from prunec.passes.methods import MethodOptions, compute_plan
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/search_cost.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    run_on = machine.start()
     lm = load_demo()
     calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
     fast = run(lm, calib, "fast", None, args)
@@ -94,7 +96,7 @@ def main() -> None:
     for r in rows:
         r["layer_forward_ratio"] = r["ref_layer_forwards"] / r["fast_layer_forwards"]
         r["wall_ratio"] = r["ref_wall_s"] / r["fast_wall_s"]
-    write_json(Path(args.out), {"machine": machine(), "args": vars(args),
+    write_json(Path(args.out), {"machine": run_on.entry(), "args": vars(args),
                                 "same_decisions_on_common_steps": same, "rows": rows,
                                 "runs": [fast, ref]})
     print(f"same decisions, bit-identical scores on the first {n} steps: {same}")

@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import machine
 import torch
-from methods_common import load_demo, machine, perplexity, static, tokens, write_json
+from methods_common import load_demo, perplexity, static, tokens, write_json
 
+from prunec.compiler import budget
 from prunec.compiler.ir import StaticMethod, WidthImportance
 from prunec.compiler.plan import Plan
-from prunec.passes.methods import MethodOptions, MethodResult, budget, compute_plan
+from prunec.passes.methods import MethodOptions, MethodResult, compute_plan
 
 
 def parse() -> argparse.Namespace:
@@ -64,12 +66,13 @@ def main() -> None:
         merge(args.merge, args.out)
         return
     torch.set_num_threads(args.threads)
+    run_on = machine.start()
     lm = load_demo()
     calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
     held = tokens(lm.tokenizer, "kjv-eval.txt", *map(int, args.eval.split("x")))
     dist = tuple(float(x) / 100 for x in args.distribution.split(":"))
     out = Path(args.out)
-    report: dict[str, Any] = {"machine": machine(), "args": vars(args), "rows": []}
+    report: dict[str, Any] = {"machine": run_on.entry(), "args": vars(args), "rows": []}
 
     def record(method: str, ratio: float, result: MethodResult | None) -> None:
         row = {"method": method, "ratio": ratio,
@@ -82,6 +85,7 @@ def main() -> None:
                        search_s=s.wall_s, layer_forwards=s.layer_forwards,
                        evaluations=s.candidate_evaluations, steps=len(s.trajectory))
         report["rows"].append(row)
+        report["machine"] = run_on.entry()  # load_after: as of this row
         write_json(out, report)
         print(json.dumps(row), flush=True)
 
@@ -135,7 +139,7 @@ def seeded_multipruner(lm: Any, calib: torch.Tensor, ratio: float, args: argpars
     blocks stage (until d0 * goal is removed) IS BlockPruner's path up to that point; the
     search resumes from there with its MLP and head stages. Counters cover those stages."""
     from prunec.passes.methods import lock, resume
-    from prunec.passes.methods.search import SearchState
+    from prunec.passes.methods.resume import SearchState
 
     st = static(StaticMethod.MULTIPRUNER, ratio, args.mlp_step, dist)
     need = dist[0] * (budget.params_goal(st, lm.shape) or 0)

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from methods_common import ROOT, machine, write_json
+import machine
+from methods_common import ROOT, write_json
 
 PRUNEC = [sys.executable, "-m", "prunec"]
 
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--only", choices=["magnitude", "multipruner"], default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spec_build.json")
     args = p.parse_args()
+    run_on = machine.start()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         rows = []
@@ -69,7 +71,7 @@ def main() -> None:
     identical = None
     if len(rows) >= 2 and rows[-1]["build"] == "locked rebuild":
         identical = rows[-1]["onnx_sha256"] == rows[-2]["onnx_sha256"]
-    write_json(args.out, {"machine": machine(), "rows": rows,
+    write_json(args.out, {"machine": run_on.entry(), "rows": rows,
                           "locked_onnx_byte_identical": identical})
     print(f"{'build':<26}{'wall s':>8}{'plan s':>8}{'compile s':>11}{'eval s':>8}  sha256")
     for r in rows:

@@ -17,7 +17,8 @@ efficiency = measured speedup / bound (goal: >= 0.9). Prints a table and writes
 
 Run: ``python bench/static_latency.py [--reps 7] [--workdir DIR] [--reuse]`` (four ONNX
 exports, then the timed runs; with ``--reuse`` the exports already in DIR are kept). The
-``build_seconds`` in the JSON time each export stage, ``load_average_*`` the machine load.
+``build_seconds`` in the JSON time each export stage; ``machine`` records the load average
+before and after the run (``bench/machine.py``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import DType, ModelDecl, ModelShape, ModelSource
@@ -126,22 +129,6 @@ def interleaved_ms(dense: Any, pruned: Any, ids: np.ndarray, reps: int) -> tuple
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def machine() -> dict[str, Any]:
-    import onnxruntime as ort
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg()}
-
-
 def measure(graph: str, target: float, kept: int, plan: Plan, shape: ModelShape,
             sessions: tuple[Any, Any], reps: int) -> list[Point]:
     dense_plan = Plan.dense(shape)
@@ -188,6 +175,7 @@ def load_demo() -> tuple[torch.nn.Module, ModelShape]:
 
 
 def run(reps: int, workdir: Path) -> dict[str, Any]:
+    run_on = machine.start()
     start = time.perf_counter()
     model, shape = load_demo()
     build = {"load_s": time.perf_counter() - start}
@@ -212,8 +200,7 @@ def run(reps: int, workdir: Path) -> dict[str, Any]:
         del dense
     return {"benchmark": "static_latency", "model": "SmolLM2-135M-Instruct (float32)",
             "plan": "magnitude width, MLP channels only, same width in every layer",
-            "reps": reps, "machine": machine(), "build_seconds": build,
-            "load_average_at_end": os.getloadavg(),
+            "reps": reps, "machine": run_on.entry(), "build_seconds": build,
             "points": [asdict(p) for p in points]}
 
 

@@ -19,9 +19,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunec.compiler import files
+from prunec.compiler import files, names
+from prunec.compiler.budget import dense_params, layer_ratio
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import (
+    MAX_OPSET,
+    MAX_SEQ,
+    MIN_OPSET,
+    MIN_SEQ,
     DatasetDecl,
     KeepChannels,
     KeepHeads,
@@ -37,7 +42,6 @@ from prunec.compiler.ir import (
     Spec,
     StaticMethod,
 )
-from prunec.compiler.plan import Plan, param_count
 from prunec.compiler.syntax import suggest
 
 SEARCH = (StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER)
@@ -81,10 +85,10 @@ def dataset_refs(ctx: Context) -> Iterator[tuple[str, Span, str]]:
 
 
 def check_undefined_datasets(ctx: Context) -> Iterator[Diagnostic]:
-    declared = [d.name for d in ctx.spec.datasets]
+    declared = {d.name for d in ctx.spec.datasets}
     for name, span, role in dataset_refs(ctx):
         if name not in declared:
-            hint = suggest(name, declared) if declared else "declare it: dataset NAME text ..."
+            hint = suggest(name, sorted(declared)) if declared else "declare it: dataset NAME text ..."
             yield _err("P0201", f"{role} refers to the undefined dataset '{name}'", span, hint)
 
 
@@ -111,12 +115,20 @@ def check_data_files(ctx: Context) -> Iterator[Diagnostic]:
                        f"paths are relative to the spec's folder ({ctx.spec_dir})")
 
 
+def history_dataset(spec: Spec) -> str | None:
+    """The dataset that initialises the probe history: ``history``, else the static score
+    dataset (None without a probe policy, or when there is neither: P0212)."""
+    if spec.probe is None:
+        return None
+    if spec.probe.history_dataset:
+        return spec.probe.history_dataset
+    return spec.static.score_dataset if spec.static else None
+
+
 def calibration_names(spec: Spec) -> set[str]:
     names = {spec.static.score_dataset} if spec.static and spec.static.score_dataset else set()
-    if spec.probe:
-        names.add(spec.probe.history_dataset or (spec.static and spec.static.score_dataset)
-                  or "")
-    return names - {""}
+    history = history_dataset(spec)
+    return names | {history} if history else names
 
 
 def check_overlap(ctx: Context) -> Iterator[Diagnostic]:
@@ -205,32 +217,17 @@ def check_static_options(ctx: Context) -> Iterator[Diagnostic]:
     s = ctx.spec.static
     if s is None:
         return
-    m = s.method.value
-    if s.distribution and s.method is not StaticMethod.MULTIPRUNER:
-        yield _err("P0211", f"'distribution' applies to multipruner, not {m}",
-                   s.distribution.span)
-    if s.steps and s.method is not StaticMethod.MULTIPRUNER:
-        yield _err("P0211", f"'steps' applies to multipruner, not {m}", s.steps.span)
     yield from _target_fits(ctx)
     if s.score_dataset is None and s.method in NEEDS_DATA:
-        yield _err("P0212", f"{m} needs a calibration dataset to score with", s.span,
+        yield _err("P0212", f"{s.method.value} needs a calibration dataset to score with", s.span,
                    "add score = <dataset> to the prune block")
 
 
 def _target_fits(ctx: Context) -> Iterator[Diagnostic]:
     s = ctx.spec.static
     assert s is not None
-    t = s.target
-    per_dim = {k: v for k, v in (("mlp", t.mlp), ("heads", t.heads), ("blocks", t.blocks))
-               if v is not None}
-    allowed = {StaticMethod.BLOCKPRUNER: {"blocks"}, StaticMethod.MULTIPRUNER: set()}.get(
-        s.method, {"mlp", "heads"})
-    for key in sorted(set(per_dim) - allowed):
-        yield _err("P0211", f"{s.method.value} cannot take a '{key}' target", t.span,
-                   "give a fraction of all parameters: target = 20%")
-    values = [v for v in (t.params, *per_dim.values()) if v is not None]
-    if t.params is not None and per_dim:
-        yield _err("P0211", "give either params or per-dimension ratios, not both", t.span)
+    t = s.target  # which keys apply to which method: the target schema (blocks.py)
+    values = [v for v in (t.params, t.mlp, t.heads, t.blocks) if v is not None]
     if values and (max(values) >= 1.0 or sum(values) <= 0.0):
         yield _err("P0213", "the target must remove something and leave something", t.span,
                    "a target is above 0% and below 100%")
@@ -349,7 +346,7 @@ def check_probe(ctx: Context) -> Iterator[Diagnostic]:
     if p.compensate and p.metric is not ProbeMetric.PPSP:
         yield _err("P0222", f"compensate = on needs metric = ppsp, not {p.metric.value}", p.span,
                    "flap brings its own bias compensation; wanda-sp has none")
-    if p.history_dataset is None and not calibration_names(ctx.spec):
+    if history_dataset(ctx.spec) is None:
         yield _err("P0212", "the probe policy needs a calibration dataset for its history",
                    p.span, "add history = <dataset> to the probe block")
     yield from _probe_layers(ctx)
@@ -363,7 +360,7 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
     live = n - len(resolved(p.skip, n))
     if live <= 0:
         yield _err("P0219", "every layer is skipped: the probe policy prunes nothing", p.span)
-    elif round(n / live * p.ratio, 2) >= 1.0:
+    elif layer_ratio(p.ratio, n, n - live) >= 1.0:
         yield _err("P0213", f"ratio {p.ratio:.0%} over the {live} unskipped layers means "
                    "removing every channel", p.span, "lower the ratio or skip fewer layers")
     if p.round_to > shape.intermediate:
@@ -376,22 +373,40 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
 
 def check_exports(ctx: Context) -> Iterator[Diagnostic]:
     kinds: set[str] = set()
-    names: set[str] = set()
+    written: set[str] = set()  # artifact entries, lower case (case-insensitive file systems)
     for e in ctx.spec.exports:
+        onnx = isinstance(e, OnnxExport)
         kind, name = ("onnx", e.file) if isinstance(e, OnnxExport) else ("hf", e.directory)
+        entries = {w.lower() for w in names.written(name, onnx)}
+        problem = names.export_problem(name, onnx)
         if kind in kinds:
             yield _err("P0107", f"export {kind} declared twice", e.span)
-        elif name in names:
-            yield _err("P0218", f"two exports write '{name}'", e.span)
+        elif problem:
+            yield _err("P0224", f"export {kind}: {problem}", e.span, _EXPORT_HINT[kind])
+        elif entries & written:
+            yield _err("P0218", f"two exports write '{min(entries & written)}'", e.span)
         kinds.add(kind)
-        names.add(name)
+        written |= entries
         if isinstance(e, OnnxExport):
             yield from _onnx_fits(ctx, e)
 
 
+_EXPORT_HINT = {"onnx": 'name a file inside the artifact: export onnx "model.onnx"',
+                "hf": 'name a directory inside the artifact: export hf "hf"'}
+
+
 def _onnx_fits(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:
-    if e.opset < 18:
-        yield _err("P0214", f"opset {e.opset} is too old", e.span, "use opset = 18 or newer")
+    if e.opset < MIN_OPSET:
+        yield _err("P0214", f"opset {e.opset} is too old", e.span,
+                   f"use an opset from {MIN_OPSET} to {MAX_OPSET}")
+    elif e.opset > MAX_OPSET:
+        yield _err("P0214", f"opset {_short(e.opset)} is newer than prunec exports (at most "
+                   f"{MAX_OPSET})", e.span, f"use an opset from {MIN_OPSET} to {MAX_OPSET}")
+    if not MIN_SEQ <= e.max_len <= MAX_SEQ:
+        yield _err("P0216", f"max_len {_short(e.max_len)} is outside {MIN_SEQ}..{MAX_SEQ}",
+                   e.span)
+    elif e.gating:
+        yield from _fits_max_len(ctx, e)
     if e.gating and ctx.spec.probe is None:
         yield _err("P0210", "gating = on needs a probe policy", e.span,
                    "add a probe { ratio = ... } block or set gating = off")
@@ -400,10 +415,27 @@ def _onnx_fits(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:
                    "drop fuse = on: gated graphs are exported with standard ONNX ops")
 
 
+def _fits_max_len(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:
+    """A gated graph runs sequences up to max_len: so must its evaluation and history data."""
+    used = set(ctx.spec.eval_datasets()) | {history_dataset(ctx.spec) or ""}
+    for d in ctx.spec.datasets:
+        if d.name in used and d.seq_len > e.max_len:
+            yield _err("P0225", f"dataset {d.name}: seq_len {_short(d.seq_len)} is longer than "
+                       f"the gated graph's max_len {e.max_len}", d.span,
+                       "add export onnx { max_len = ... } or lower seq_len"
+                       if e.span == ctx.spec.span else  # the implicit export
+                       f"raise max_len in export onnx (line {e.span.line}) or lower seq_len")
+
+
+def _short(n: int) -> str:
+    """An integer for a message, however long (Python refuses to print > 4300 digits)."""
+    return str(n) if n < 2**63 else "over 2**63"
+
+
 def check_params_gate(ctx: Context) -> Iterator[Diagnostic]:
     if ctx.shape is None:
         return
-    dense = param_count(ctx.shape, Plan.dense(ctx.shape))
+    dense = dense_params(ctx.shape)
     for g in ctx.spec.gates:
         if isinstance(g, ParamsGate) and g.max_params >= dense:
             yield Diagnostic.warning(

@@ -20,7 +20,7 @@ CODES: dict[str, str] = {
     "P0006": "expected a value after '='",
     "P0007": "expected '=' after a key",
     "P0008": "unterminated string",
-    "P0009": "unknown escape sequence in a string",
+    "P0009": "unknown escape sequence in a string (or a lone surrogate \\uD800-\\uDFFF)",
     "P0010": "syntax error (no more specific description)",
     "P0011": "expected '{' to open a block",
     "P0012": "expected a top-level item",
@@ -58,19 +58,22 @@ CODES: dict[str, str] = {
     "P0211": "an option does not apply to the chosen method",
     "P0212": "the method needs a scoring (calibration) dataset",
     "P0213": "the target is not reachable (empty or the whole model)",
-    "P0214": "ONNX opset too old (prunec needs 18 or newer)",
+    "P0214": "ONNX opset outside the range prunec exports (18..23)",
     "P0215": "duplicate or empty list entries",
-    "P0216": "an integer option is out of range (samples, seq_len, steps, round)",
+    "P0216": "an integer option is out of range (samples, seq_len, steps, round, max_len)",
     "P0217": "the parameter gate can never fail or never pass",
     "P0218": "two exports write the same file",
     "P0219": "every layer is protected or skipped: nothing can be pruned",
     "P0220": "a dataset is declared but never used",
     "P0221": "onnxruntime fusions are not supported on gated graphs",
     "P0222": "compensate needs the ppsp metric (a probe to take the mean from)",
+    "P0223": "the spec's name is not a plain name (it names the output directory)",
+    "P0224": "an export name is not a plain name inside the artifact, or is the artifact's own",
+    "P0225": "a dataset's seq_len is longer than the gated graph's max_len",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",
-    "P0303": "the model's config cannot be read or is not a supported architecture",
+    "P0303": "the model's config cannot be read, is not a supported architecture, or has nonsense sizes",
     "P0304": "the hub model is not in the local cache; model checks were skipped",
     # build driver: data, artifacts, gates (runtime/)
     "P0401": "reading a datasets save_to_disk directory needs pyarrow",
@@ -78,9 +81,7 @@ CODES: dict[str, str] = {
     "P0403": "a command-line combination that needs more input (e.g. eval of an artifact without --data)",
     "P0404": "an artifact directory is unusable (no model, several models, unreadable files)",
     "P0405": "a quality gate failed",
-    "P0406": "the output directory exists and is not a prunec artifact",
-    "P0408": "a probe policy has no dataset to initialise its history",
-    "P0409": "the static method is not implemented",
+    "P0406": "the output directory (or a build file beside it) exists and is not prunec's, unchanged",
     # graph capture and passes (passes/)
     "P0501": "the model is not a Llama-style decoder prunec can prune",
     "P0502": "a decoder layer lacks an expected linear projection",
@@ -94,7 +95,6 @@ CODES: dict[str, str] = {
     "P0703": "the plan lock does not match the calibration data",
     "P0704": "a plan file cannot be read",
     "P0705": "the resume file belongs to another search or is damaged",
-    "P0707": "a width-only method was asked to remove blocks",
 }
 
 WARNINGS: frozenset[str] = frozenset({"P0217", "P0220", "P0304"})

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from prunec.compiler import files
-from prunec.compiler.checks import resolved
+from prunec.compiler import budget, files
+from prunec.compiler.blocks import DISTRIBUTION, IMPORTANCE
+from prunec.compiler.checks import history_dataset, resolved
 from prunec.compiler.ir import (
     BlockKind,
     KeepChannels,
@@ -32,8 +33,8 @@ from prunec.compiler.ir import (
     RemoveBlock,
     Spec,
     StaticPrune,
-    WidthImportance,
 )
+from prunec.compiler.outputs import output_dir
 from prunec.compiler.plan import LayerPlan, Plan, param_count
 
 
@@ -52,7 +53,7 @@ class Explanation:
 
 def explain(spec: Spec, shape: ModelShape, spec_dir: Path) -> Explanation:
     rows = _model_rows(spec, shape) + _dataset_rows(spec, spec_dir)
-    dense = _count(param_count(shape, Plan.dense(shape)))
+    dense = _count(budget.dense_params(shape))
     steps = [f"Load {_model_words(spec)} ({shape.n_layers} layers, {dense} parameters)."]
     if spec.static:
         rows += _static_rows(spec.static, shape)
@@ -61,9 +62,9 @@ def explain(spec: Spec, shape: ModelShape, spec_dir: Path) -> Explanation:
         rows += _plan_rows(spec.plan, shape)
         steps.append(f"Apply the manual plan ({len(spec.plan.actions)} actions).")
     if spec.probe:
-        rows += _probe_rows(spec.probe, shape)
+        rows += _probe_rows(spec.probe, shape, history_dataset(spec))
         steps.append(_probe_words(spec.probe, shape))
-    rows += _output_rows(spec)
+    rows += _output_rows(spec, spec_dir)
     steps += _output_words(spec)
     return Explanation(tuple(rows), tuple(steps))
 
@@ -98,7 +99,7 @@ def _model_words(spec: Spec) -> str:
 
 
 def _model_rows(spec: Spec, shape: ModelShape) -> list[Row]:
-    dense = param_count(shape, Plan.dense(shape))
+    dense = budget.dense_params(shape)
     return [
         Row("model", "source", _model_words(spec)),
         Row("model", "shape", f"{shape.architecture}, {shape.n_layers} layers, hidden "
@@ -123,37 +124,24 @@ def _dataset_rows(spec: Spec, spec_dir: Path) -> list[Row]:
 # ----------------------------------------------------------------------- static
 
 
-def mlp_step(shape: ModelShape) -> int:
-    """The default MLP step: intermediate_size / 8 rounded to a multiple of 64 (>= 64).
-
-    >>> from prunec.compiler.ir import SMOLLM2_135M
-    >>> mlp_step(SMOLLM2_135M)
-    192
-    """
-    step: int = max(64, (shape.intermediate // 8 + 32) // 64 * 64)
-    return step
-
-
 def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
-    t = s.target
     rows = [Row("static", "method", s.method.value), Row("static", "target", _target(s))]
     if s.method.value == "multipruner":
         d = s.distribution
-        share = "44:52:4 (default)" if d is None else (
+        share = f"{DISTRIBUTION.shown} (default)" if d is None else (
             f"{d.blocks:.0%} blocks : {d.mlp:.0%} MLP : {d.heads:.0%} heads")
-        st = s.steps
-        mlp = st.mlp_channels if st and st.mlp_channels else mlp_step(shape)
-        groups = st.head_groups if st and st.head_groups else 1
         rows += [Row("static", "distribution", share),
-                 Row("static", "steps", f"{mlp} MLP channels, {groups} KV group(s) of heads"),
+                 Row("static", "steps", f"{budget.mlp_step(s, shape)} MLP channels, "
+                     f"{budget.head_step(s)} KV group(s) of heads"),
                  Row("static", "reorder", (
-                     f"on, by {(s.importance or WidthImportance.MAGNITUDE).value}"
+                     f"on, by {s.importance.value if s.importance else IMPORTANCE.shown}"
                      if s.reorder else "off"))]
     rows += [Row("static", "score on", s.score_dataset or "(weights only)"),
              Row("static", "protect", _layers(resolved(s.protect, shape.n_layers)))]
-    if t.params is not None:
-        dense = param_count(shape, Plan.dense(shape))
-        after = round(dense * (1 - t.params))
+    goal = budget.params_goal(s, shape)
+    if goal is not None:
+        dense = budget.dense_params(shape)
+        after = dense - goal
         rows.append(Row("static", "parameters", f"{_count(dense)} -> about {_count(after)}"))
     return rows
 
@@ -209,7 +197,7 @@ def _balanced_heads(n: int, shape: ModelShape) -> tuple[int, ...]:
 
 def _plan_rows(manual: ManualPlan, shape: ModelShape) -> list[Row]:
     plan = estimate_manual_plan(manual, shape)
-    dense = param_count(shape, Plan.dense(shape))
+    dense = budget.dense_params(shape)
     after = param_count(shape, plan)
     rows = [Row("plan", f"line {a.span.line}", _action_words(a, shape)) for a in manual.actions]
     rows.append(Row("plan", "parameters", f"{_count(dense)} -> {_count(after)} "
@@ -231,10 +219,10 @@ def _action_words(a: object, shape: ModelShape) -> str:
 # ------------------------------------------------------------------------ probe
 
 
-def _probe_rows(p: ProbePolicy, shape: ModelShape) -> list[Row]:
+def _probe_rows(p: ProbePolicy, shape: ModelShape, history: str | None) -> list[Row]:
     skip = resolved(p.skip, shape.n_layers)
     live = max(shape.n_layers - len(skip), 1)
-    per_layer = round(shape.n_layers / live * p.ratio, 2)
+    per_layer = budget.layer_ratio(p.ratio, shape.n_layers, len(skip))
     return [
         Row("probe", "ratio", f"{_pct(p.ratio)} model-wide = {_pct(per_layer)} in each of "
             f"{live} layers"),
@@ -243,7 +231,7 @@ def _probe_rows(p: ProbePolicy, shape: ModelShape) -> list[Row]:
         Row("probe", "probe", "the whole batch" if p.mode.value == "full-batch" else
             f"{_pct(p.token_fraction)} of tokens x {_pct(p.sample_fraction)} of samples"),
         Row("probe", "history", f"EMA momentum {p.momentum}, initialised from "
-            f"{p.history_dataset or 'the score dataset'}"),
+            f"{history or '(none)'}"),
         Row("probe", "metric", f"{p.metric.value}, kept counts rounded to {p.round_to}"),
         Row("probe", "compensate", "skipped units add the probe's mean activation times their "
             "weights" if p.compensate else "off (skipped units contribute nothing)"),
@@ -258,7 +246,7 @@ def _probe_words(p: ProbePolicy, shape: ModelShape) -> str:
 # ----------------------------------------------------------------------- output
 
 
-def _output_rows(spec: Spec) -> list[Row]:
+def _output_rows(spec: Spec, spec_dir: Path) -> list[Row]:
     rows = [Row("evaluate", "datasets", ", ".join(spec.eval_datasets()) or "none")]
     for g in spec.gates:
         if isinstance(g, PerplexityGate):
@@ -270,16 +258,16 @@ def _output_rows(spec: Spec) -> list[Row]:
             rows.append(Row("gate", "parameters", f"<= {g.max_params:,}"))
     for e in spec.exports:
         rows.append(_export_row(e))
-    rows.append(Row("output", "directory", spec.output or f"out/{spec.name} (default)"))
+    rows.append(Row("output", "directory", str(output_dir(spec, spec_dir))))
     return rows
 
 
 def _export_row(e: object) -> Row:
     if isinstance(e, OnnxExport):
         prov = ", ".join(p.value for p in e.providers)
-        return Row("export", "onnx", f"{e.file}, opset {e.opset}, gating "
-                   f"{'on' if e.gating else 'off'}, fuse {'on' if e.fuse else 'off'}, "
-                   f"providers [{prov}]")
+        gating = f"on (max_len {e.max_len})" if e.gating else "off"
+        return Row("export", "onnx", f"{e.file}, opset {e.opset}, gating {gating}, "
+                   f"fuse {'on' if e.fuse else 'off'}, providers [{prov}]")
     return Row("export", "hf", getattr(e, "directory", ""))
 
 

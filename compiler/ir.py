@@ -5,6 +5,8 @@ backend (passes/, runtime/). Invariants, established by lowering + ``checks``:
 - every name a node refers to (a dataset) is declared exactly once in ``Spec.datasets``;
 - fractions are in [0, 1] (ratios, slices, probe fractions) and ``SliceRange.start < end``;
 - a ``Distribution`` is normalised (its three shares sum to 1);
+- a spec has exactly one ``OnnxExport`` (lowering adds the implicit one); export names are
+  plain names inside the artifact (``prunec.compiler.names``);
 - layer selectors are kept symbolic (``layers[-2:]``) and resolved against the model with
   ``LayerSelector.resolve(n_layers)``; checks guarantee they resolve inside the model.
 Nothing here imports torch; the IR is cheap to build and compare (``==`` is structural,
@@ -291,19 +293,25 @@ class Provider(enum.Enum):
         return {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}[self.value]
 
 
+MIN_OPSET, MAX_OPSET = 18, 23  # the ONNX opsets the exporters are used with
+DEFAULT_MAX_LEN = 512  # the longest sequence a gated graph supports, unless max_len says
+MIN_SEQ, MAX_SEQ = 2, 32768  # the range of max_len (a gated graph needs 2 positions)
+
+
 @dataclass(frozen=True)
 class OnnxExport:
-    file: str  # file name inside the artifact directory (default model.onnx)
-    opset: int  # >= 18
+    file: str  # a plain file name inside the artifact directory (default model.onnx)
+    opset: int  # MIN_OPSET..MAX_OPSET
     gating: bool  # dynamic probe gating ops in the graph (needs a probe policy)
     providers: tuple[Provider, ...]
     span: Span
     fuse: bool = False  # onnxruntime fused kernels (lowering: on unless gating, see lower.py)
+    max_len: int = DEFAULT_MAX_LEN  # longest sequence the gated graph supports (its history)
 
 
 @dataclass(frozen=True)
 class HfExport:
-    directory: str  # inside the artifact directory
+    directory: str  # a plain directory name inside the artifact directory
     span: Span
 
 
@@ -335,13 +343,12 @@ class Spec:
         raise KeyError(name)
 
     def onnx_export(self) -> OnnxExport | None:
+        """The ONNX export (lowering adds the implicit one: never None for a checked spec)."""
         return next((e for e in self.exports if isinstance(e, OnnxExport)), None)
 
     def eval_datasets(self) -> tuple[str, ...]:
-        names = list(self.evaluate)
-        for g in self.gates:
-            if isinstance(g, PerplexityGate) and g.dataset not in names:
-                names.append(g.dataset)
+        names = dict.fromkeys(self.evaluate)  # ordered, each once
+        names.update((g.dataset, None) for g in self.gates if isinstance(g, PerplexityGate))
         return tuple(names)
 
 
@@ -398,7 +405,7 @@ def strip_spans(node: T) -> T:
             changes[f.name] = _NO_SPAN if isinstance(value, Span) else strip_spans(value)
         if "file" in changes and isinstance(node, Spec):
             changes["file"] = ""
-        return dataclasses.replace(node, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(node, **changes)
     if isinstance(node, tuple):
         return tuple(strip_spans(v) for v in node)  # type: ignore[return-value]
     return node

@@ -5,8 +5,11 @@ value (``prunec.compiler.syntax``) or an IR node with the ``Span`` of its source
 Problems are collected in ``Lower.sink`` (never raised) so one run reports all of them;
 a faulty field falls back to its default. Invariants of the result (together with
 ``prunec.compiler.checks``): every node has a span in the spec's file; blocks that may
-appear once appear at most once; dataset names are unique. A spec without a model gets a
-placeholder demo model *and* a P0110 error, so later checks still run.
+appear once appear at most once; dataset names are unique (a dict by name: linear in the
+number of datasets); every spec has an ``OnnxExport`` (the implicit ``export onnx
+"model.onnx"`` when it names none). Block keys are read through the schemas of
+``prunec.compiler.blocks``. A spec without a model gets a placeholder demo model *and* a
+P0110 error, so later checks still run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from lark import Token, Transformer, Tree, v_args
 from lark.tree import Meta
 
 from prunec.compiler import blocks as bl
+from prunec.compiler import names
 from prunec.compiler import syntax as sx
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import (
@@ -46,6 +50,7 @@ from prunec.compiler.ir import (
     StaticMethod,
     StaticPrune,
 )
+from prunec.compiler.schema import Entries, Fields, Schema, fields
 
 ONCE = ("model", "prune", "plan", "probe", "gates")
 TOP_KEYS = ("name", "output", "evaluate")
@@ -121,22 +126,21 @@ class Lower(Transformer[Token, Any]):
     def group(self, meta: Meta, c: list[Any]) -> sx.Group:
         return sx.Group(str(c[0]), tuple(c[1:]), self.span(meta))
 
-    def body(self, meta: Meta, c: list[Any]) -> tuple[bl.Entries, Span]:
+    def body(self, meta: Meta, c: list[Any]) -> tuple[Entries, Span]:
         return tuple(c), self.span(meta)
 
-    def _fields(self, body: tuple[bl.Entries, Span] | None, meta: Meta, where: str,
-                keys: tuple[str, ...], groups: tuple[str, ...] = ()) -> bl.Fields:
+    def _fields(self, body: tuple[Entries, Span] | None, meta: Meta, schema: Schema,
+                kind: str | None = None, where: str | None = None) -> Fields:
         entries = body[0] if body is not None else ()
-        return bl.fields(entries, where, keys, groups, self.span(meta), self.sink)
+        return fields(entries, schema, where or f"the {schema.block} block", kind,
+                      self.span(meta), self.sink)
 
     # ------------------------------------------------------------------- blocks
     def model(self, meta: Meta, c: list[Any]) -> ModelDecl:
         kind, loc_tok, body = c
         source = sx.word(self.word(kind), "model kind", ModelSource, self.sink)
-        f = self._fields(body, meta, "the model block", ("dtype", "revision"))
-        dtype = f.get("dtype", lambda v, k, s: sx.word(v, k, DType, s, bl.DTYPE_ALIASES),
-                      DType.FLOAT32, self.sink)
-        revision = f.get("revision", sx.string, None, self.sink)
+        f = self._fields(body, meta, bl.MODEL, source and source.value)
+        dtype, revision = f.get(bl.DTYPE, self.sink), f.get(bl.REVISION, self.sink)
         location = None if loc_tok is None else sx.unescape(str(loc_tok), self.tspan(loc_tok),
                                                             self.sink)
         if source is None:
@@ -144,9 +148,6 @@ class Lower(Transformer[Token, Any]):
             source = ModelSource.DEMO
         else:
             self._check_location(source, location, meta)
-        if revision is not None and source is not ModelSource.HUB:
-            self._error("P0211", "'revision' applies to hub models only",
-                        f.attrs["revision"].span)
         return ModelDecl(source, location, dtype, self.span(meta), revision)
 
     def _check_location(self, source: ModelSource, location: str | None, meta: Meta) -> None:
@@ -162,49 +163,37 @@ class Lower(Transformer[Token, Any]):
         fmt = sx.word(self.word(fmt_tok), "dataset format", DataFormat, self.sink,
                       {"hf_disk": DataFormat.HF_DISK})
         paths = bl.dataset_paths(paths_v, self.sink)
-        f = self._fields(body, meta, f"dataset {name}",
-                         ("samples", "seq_len", "seed", "slice", "field"))
+        f = self._fields(body, meta, bl.DATASET, fmt and fmt.value, f"dataset {name}")
         return bl.dataset_block(str(name), fmt or DataFormat.TEXT, paths, f, self.sink)
 
     def prune(self, meta: Meta, c: list[Any]) -> StaticPrune | None:
         method = sx.word(self.word(c[0]), "method", StaticMethod, self.sink)
-        keys = ("target", "distribution", "score", "protect", "reorder", "importance", "scope")
-        f = self._fields(c[1], meta, "the prune block", keys, ("target", "steps"))
-        got = bl.prune_block(method or StaticMethod.MAGNITUDE, f, self.sink)
-        return got if method is not None else None
+        f = self._fields(c[1], meta, bl.PRUNE, method and method.value)
+        return bl.prune_block(method, f, self.sink)
 
     def probe(self, meta: Meta, c: list[Any]) -> ProbePolicy | None:
-        keys = ("ratio", "targets", "skip", "mode", "tokens", "samples", "momentum",
-                "history", "metric", "round", "compensate")
-        return bl.probe_block(self._fields(c[0], meta, "the probe block", keys), self.sink)
+        return bl.probe_block(self._fields(c[0], meta, bl.PROBE), self.sink)
 
     def export(self, meta: Meta, c: list[Any]) -> Export | None:
         kind, loc_tok, body = c
         loc = None if loc_tok is None else sx.unescape(str(loc_tok), self.tspan(loc_tok),
                                                        self.sink)
         if str(kind) == "hf":
-            self._fields(body, meta, "export hf", ())
-            return HfExport(loc or "hf", self.span(meta))
+            self._fields(body, meta, bl.HF, where="export hf")
+            return HfExport(names.DEFAULT_HF_DIR if loc is None else loc, self.span(meta))
         if str(kind) != "onnx":
             self._error("P0112", f"unknown export '{kind}'", self.tspan(kind),
                         sx.suggest(str(kind), ["onnx", "hf"]))
             return None
-        return self._onnx(loc or "model.onnx", body, meta)
+        return self._onnx(names.DEFAULT_ONNX_FILE if loc is None else loc, body, meta)
 
     def _onnx(self, file: str, body: Any, meta: Meta) -> OnnxExport:
-        f = self._fields(body, meta, "export onnx", ("opset", "gating", "providers", "fuse"))
+        f = self._fields(body, meta, bl.ONNX, where="export onnx")
         if "gating" in f.attrs:
             self._explicit_gating.add(self.span(meta))
         if "fuse" in f.attrs:
             self._explicit_fuse.add(self.span(meta))
-        return OnnxExport(
-            file=file,
-            opset=f.get("opset", sx.integer, 18, self.sink),
-            gating=f.get("gating", sx.boolean, False, self.sink),
-            providers=bl.providers(f.attrs.get("providers"), self.sink),
-            span=self.span(meta),
-            fuse=f.get("fuse", sx.boolean, False, self.sink),
-        )
+        return bl.onnx_block(file, f, self.sink)
 
     # --------------------------------------------------------------------- plan
     def plan(self, meta: Meta, c: list[PlanAction | None]) -> ManualPlan:
@@ -315,13 +304,21 @@ class Lower(Transformer[Token, Any]):
                         "add `model demo` (SmolLM2-135M-Instruct) or model hf \"<dir>\"")
             model = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span.unknown(self.file))
             self.model_known = False
-        exports = tuple(self._export_defaults(e, p.probe is not None) for e in p.exports)
+        exports = tuple(self._export_defaults(e, p.probe is not None)
+                        for e in self._with_onnx(p.exports, self.span(meta)))
         return Spec(
             name=p.name or Path(self.file).stem,
-            file=self.file, model=model, datasets=tuple(p.datasets), static=p.static,
+            file=self.file, model=model, datasets=tuple(p.datasets.values()), static=p.static,
             plan=p.plan, probe=p.probe, evaluate=tuple(p.evaluate), gates=tuple(p.gates),
             exports=exports, output=p.output, span=self.span(meta),
         )
+
+    def _with_onnx(self, exports: list[Export], span: Span) -> list[Export]:
+        """Every spec exports ONNX: without an ``export onnx`` block, the implicit one (its
+        span is the whole spec's)."""
+        if any(isinstance(e, OnnxExport) for e in exports):
+            return exports
+        return [bl.implicit_onnx(span), *exports]
 
     def _export_defaults(self, e: Export, has_probe: bool) -> Export:
         """Defaults that depend on the whole spec: gating = on with a probe block; fuse = on
@@ -357,7 +354,7 @@ class _Parts:
     def __init__(self) -> None:
         self.seen: dict[str, Span] = {}
         self.model: ModelDecl | None = None
-        self.datasets: list[DatasetDecl] = []
+        self.datasets: dict[str, DatasetDecl] = {}  # by name, in declaration order
         self.static: StaticPrune | None = None
         self.plan: ManualPlan | None = None
         self.probe: ProbePolicy | None = None
@@ -387,12 +384,19 @@ class _Parts:
             self._top_attr(item, low)
 
     def _dataset(self, d: DatasetDecl, low: Lower) -> None:
-        first = next((o for o in self.datasets if o.name == d.name), None)
+        first = self.datasets.get(d.name)
         if first is not None:
             low._error("P0108", f"dataset '{d.name}' is declared twice", d.span,
                        f"the first is at line {first.span.line}")
             return
-        self.datasets.append(d)
+        self.datasets[d.name] = d
+
+    def _check_name(self, span: Span, low: Lower) -> None:
+        problem = None if self.name is None else names.name_problem(self.name)
+        if problem:
+            low._error("P0223", f"name: {problem}", span,
+                       "use letters, digits, '.', '_' and '-' (it names build/<name>)")
+            self.name = None
 
     def _top_attr(self, a: sx.Attr, low: Lower) -> None:
         if a.key not in TOP_KEYS:
@@ -408,5 +412,6 @@ class _Parts:
             self.evaluate = [n for n in names if n is not None]
         elif a.key == "name":
             self.name = sx.string(a.value, "name", low.sink)
+            self._check_name(a.value.span, low)
         else:
             self.output = sx.string(a.value, "output", low.sink)

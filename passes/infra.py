@@ -41,8 +41,13 @@ class PassResult:
 
 
 class GraphPass(Protocol):
-    name: str
-    in_place: bool
+    """What a PassManager runs: a named callable that says whether it works in place."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_place(self) -> bool: ...
 
     def __call__(self, gm: GraphModule, ctx: PassContext) -> PassResult: ...
 

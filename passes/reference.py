@@ -2,7 +2,7 @@
 
 This is the *reference* semantics of a plan, written against ``nn.Module``s rather than the
 graph: the graph passes must reproduce its logits, and the search methods use it (or its
-per-layer pieces) to score candidates. Rules (see ../shared/docs/algorithms.md):
+per-layer pieces) to score candidates. Rules (docs/algorithms.md §1):
 - a removed attention / MLP block contributes nothing: x + f(norm(x)) becomes x;
 - MLP channel k is row k of gate_proj and up_proj and column k of down_proj;
 - query head h is rows [h*d, (h+1)*d) of q_proj and the same columns of o_proj; under GQA
@@ -14,7 +14,7 @@ Weights shrink physically (new ``nn.Linear``s); the model is modified in place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from torch import nn
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
 from prunec.compiler.shape import shape_from_config_dict
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class ZeroAttention(nn.Module):
@@ -94,14 +96,17 @@ def apply_layer_plan_(layer: Any, lp: LayerPlan, shape: ModelShape) -> None:
         prune_mlp_(layer.mlp, lp.kept_channels)
 
 
-def decoder_layers(model: Any) -> nn.ModuleList:
-    """The decoder layers of a Llama-style causal LM (``model.model.layers``)."""
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers of a Llama-style causal LM (``model.model.layers``), in order.
+
+    Hugging Face decoder layers are untyped (``transformers`` ships no stubs), so their
+    children (``self_attn.o_proj``, ``mlp.down_proj``, ...) are read as ``Any``."""
     layers = model.model.layers
     assert isinstance(layers, nn.ModuleList)
-    return layers
+    return list(layers)
 
 
-def apply_plan_(model: nn.Module, plan: Plan, shape: ModelShape) -> nn.Module:
+def apply_plan_(model: M, plan: Plan, shape: ModelShape) -> M:
     """Apply ``plan`` to every decoder layer of ``model`` in place; returns ``model``."""
     problems = plan.validate(shape)
     if problems:
@@ -126,6 +131,17 @@ def reference_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def sequence_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL per sequence (float64 [batch]) from logits [batch, T, vocab].
+
+    The one definition behind every perplexity prunec reports or searches with: logits at t
+    predict ``ids[:, t + 1]``; log-softmax runs in float32 (whatever the model's dtype), the
+    mean accumulates in float64."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return -picked.double().mean(dim=1)
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want|: how prunec measures that two logit tensors agree.
 
@@ -141,7 +157,7 @@ def add_output_bias_(linear: nn.Linear, bias: torch.Tensor) -> None:
     linear.bias = nn.Parameter(old + add, requires_grad=False)
 
 
-def apply_output_biases_(model: nn.Module, biases: Mapping[int, Any]) -> nn.Module:
+def apply_output_biases_(model: M, biases: Mapping[int, Any]) -> M:
     """Add FLAP-style compensation biases after ``apply_plan_``, in place; returns ``model``.
 
     ``biases`` maps a layer index to an object with ``mlp`` and ``attn`` tensors (or None) of

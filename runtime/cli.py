@@ -1,29 +1,27 @@
-"""The ``prunec`` command line: one argparse tree, commands contributed by modules.
+"""The ``prunec`` command line: one argparse tree, one module per command.
 
-Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)`` and adds its commands
-with ``set_defaults(handler=fn)`` where ``fn(args) -> int`` is the exit status. Those modules
+``COMMANDS`` lists the modules of ``prunec.runtime.commands`` in the order ``--help`` shows
+them; each exposes ``register(subparsers)`` and adds its command with
+``set_defaults(handler=fn)`` where ``fn(args) -> int`` is the exit status. Those modules
 must not import torch at import time (``prunec check`` and ``--help`` stay fast); handlers
 import what they need.
 
 Exit codes: 0 success, 1 errors in the user's input or a failed gate, 2 usage errors,
 130 interrupted. A ``CompileError`` is rendered as diagnostics; any other exception is a
-compiler bug and is reported as such (``--debug`` shows the traceback).
+compiler bug and is reported as such, exit 3 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from prunec import __version__
 from prunec.compiler.diagnostics import CompileError
+from prunec.runtime.commands import build, check, eval, explain, fmt, generate, plan, run
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "prunec.compiler.commands",  # check, fmt, explain
-    "prunec.runtime.commands",  # build, eval, run, plan
-)
+COMMANDS = (check, fmt, explain, build, eval, plan, run, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prunec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -19,6 +19,12 @@ The result depends only on the files, the tokenizer, the slice, ``samples``, ``s
 The ``hf-disk`` format reads the ``*.arrow`` files listed in the directory's ``state.json``
 with ``pyarrow`` (an optional dependency: without it, a diagnostic says to install it);
 the ``datasets`` package itself is not needed.
+
+A build loads the datasets ``needed_datasets`` names (evaluated, the static method's score
+dataset, the probe history's dataset) with ``load_spec_data``. On the command line
+(``prunec eval ARTIFACT --data``, ``prunec run --data``) ``DataArgs`` describe a dataset the
+same way and ``load_data_args`` reads it through the same ``load_dataset``; a ``.npy`` of
+int token ids ``[sequences, seq_len]`` is taken as it is (its first ``samples`` rows).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic
-from prunec.compiler.ir import DataFormat, DatasetDecl
+from prunec.compiler.checks import history_dataset
+from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+from prunec.compiler.ir import DataFormat, DatasetDecl, SliceRange, Spec
 
 _TOKEN_CACHE: dict[tuple[str, str], np.ndarray] = {}
 SEPARATOR = "\n\n"
@@ -170,3 +179,85 @@ def load_dataset(decl: DatasetDecl, spec_dir: Path, tokenizer: Any) -> Any:
     docs = read_documents(decl, spec_dir)
     stream = token_stream(SEPARATOR.join(docs), tokenizer)
     return torch.from_numpy(sample_chunks(stream, decl))
+
+
+# ------------------------------------------------------------- a spec's datasets
+
+
+def needed_datasets(spec: Spec) -> tuple[str, ...]:
+    """The datasets a build reads: evaluated, the method's score set, the probe history's."""
+    names = list(spec.eval_datasets())
+    extra = [spec.static.score_dataset if spec.static else None, history_dataset(spec)]
+    names += [n for n in extra if n and n not in names]
+    return tuple(names)
+
+
+def load_spec_data(spec: Spec, spec_dir: Path, tokenizer: Any) -> dict[str, Any]:
+    """Every dataset ``needed_datasets`` names, by name."""
+    return {n: load_dataset(spec.dataset(n), spec_dir, tokenizer) for n in needed_datasets(spec)}
+
+
+# -------------------------------------------------------------- the command line
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """A dataset given on the command line (``--data FILE ... --seq-len L ...``)."""
+
+    paths: tuple[str, ...]
+    format: str = "text"  # text | jsonl
+    field: str | None = None
+    samples: int = 32
+    seq_len: int = 256
+    seed: int = 0
+    slice: str | None = None  # "A:B", fractions of the token stream
+
+    @property
+    def token_ids(self) -> bool:
+        """One ``.npy`` of token ids, taken as it is (no tokenizer, no sampling)."""
+        return len(self.paths) == 1 and self.paths[0].endswith(".npy")
+
+
+COMMAND_LINE = Span.unknown("<command line>")
+
+
+def data_args_decl(args: DataArgs) -> DatasetDecl:
+    """The ``DatasetDecl`` of ``args`` (P0403 for a bad --slice)."""
+    cut = None
+    if args.slice:
+        try:
+            a, b = (float(x) for x in args.slice.split(":"))
+        except ValueError as exc:
+            raise CompileError((Diagnostic.error(
+                "P0403", f"--slice {args.slice!r} is not A:B", COMMAND_LINE),)) from exc
+        if not 0 <= a < b <= 1:
+            raise CompileError((Diagnostic.error(
+                "P0403", "--slice needs 0 <= A < B <= 1", COMMAND_LINE),))
+        cut = SliceRange(a, b, COMMAND_LINE)
+    return DatasetDecl("data", DataFormat(args.format), args.paths, args.field, args.samples,
+                       args.seq_len, args.seed, cut, COMMAND_LINE)
+
+
+def load_data_args(args: DataArgs, tokenizer: Callable[[], Any]) -> Any:
+    """``args``' data as a ``torch.LongTensor [samples, seq_len]``: a ``.npy`` of token ids
+    as it is, else text through ``load_dataset`` (``tokenizer()`` is called only then)."""
+    import torch
+
+    if args.token_ids:
+        return torch.from_numpy(load_token_ids(Path(args.paths[0]))[: args.samples])
+    return load_dataset(data_args_decl(args), Path.cwd(), tokenizer())
+
+
+def load_token_ids(path: Path) -> np.ndarray:
+    """``[sequences, seq_len]`` int64 token ids from a ``.npy`` (P0302 when unreadable)."""
+    try:
+        ids = np.asarray(np.load(path), dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise CompileError((Diagnostic.error(
+            "P0302", f"cannot read token ids from {path}: {exc}", Span.unknown(str(path))),
+        )) from exc
+    if ids.ndim != 2:
+        raise CompileError((Diagnostic.error(
+            "P0302", f"{path} holds an array of shape {list(ids.shape)}; expected token ids "
+            "[sequences, seq_len]", Span.unknown(str(path))),))
+    return ids

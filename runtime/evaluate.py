@@ -4,7 +4,8 @@ Definition (the same for both backends, and the one MultiPruner scores with): fo
 x_0 .. x_{T-1}, the model's logits at position t predict x_{t+1}; the sequence's NLL is the
 mean over t = 0 .. T-2 of -log softmax(logits_t)[x_{t+1}] (T-1 predictions); the dataset's
 perplexity is exp(mean over sequences of the sequence NLL). Log-softmax runs in float32 on
-the logits, the means accumulate in float64. No BOS is added and no token is masked: every
+the logits, the means accumulate in float64 (``prunec.passes.reference.sequence_nll``, which
+the static search scores with too). No BOS is added and no token is masked: every
 sequence is a full ``seq_len`` chunk (see ``prunec.runtime.data``).
 
 Both backends go through ``perplexity(logits_fn, data)``: the PyTorch path calls the module
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 
+from prunec.passes.reference import sequence_nll
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -38,13 +41,6 @@ class Perplexity:
     def to_json(self) -> dict[str, float | int]:
         return {"ppl": self.ppl, "mean_nll": self.mean_nll, "sequences": self.sequences,
                 "tokens": self.tokens, "seconds": round(self.seconds, 3)}
-
-
-def sequence_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL per sequence (float64 [batch]) from logits [batch, T, vocab]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return -picked.double().mean(dim=1)
 
 
 def perplexity(logits_fn: LogitsFn, data: torch.Tensor, batch_size: int = 4,

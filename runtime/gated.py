@@ -12,7 +12,8 @@ Artifact (``export_gated_onnx(..., path)`` with ``path = DIR/NAME.onnx``):
 - ``NAME.gating.json``: the manifest (names, shapes, per-layer keep counts, policy numbers).
 H column t is absolute position t; a batch of length T reads/updates columns 0..T-1 (EMA,
 kept channels only). The graph is statically shaped in the pruned dims: TopK with constant
-K, Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it).
+K, Gather of weight rows, MatMul; no If/Loop/NonZero (``check_static_gating`` verifies it on
+every export: a violation is a prunec bug, raised as ``GatingGraphError``).
 ``GatedSession`` runs it with onnxruntime, keeping H as OrtValues on the provider's device
 (IOBinding; on CUDA H never leaves the GPU). Where ``inplace_histories`` proves it safe
 (recorded in the manifest as ``history_inplace``), each ``history_out.*`` is bound to the
@@ -106,6 +107,18 @@ def check_static_gating(path: str | Path) -> list[str]:
                    if n.op_type in FORBIDDEN_OPS})
 
 
+class GatingGraphError(RuntimeError):
+    """The exporter produced a gated graph ``check_static_gating`` rejects: a prunec bug."""
+
+
+def require_static_gating(path: str | Path) -> None:
+    """Raise ``GatingGraphError`` naming every problem ``check_static_gating`` finds."""
+    problems = check_static_gating(path)
+    if problems:
+        raise GatingGraphError(f"the gated graph {Path(path).name} is not statically gated: "
+                               + ", ".join(problems))
+
+
 def inplace_histories(model: Any, pairs: dict[str, str]) -> tuple[str, ...]:
     """The history inputs whose output may be written into the input's own buffer.
 
@@ -164,13 +177,15 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     gated = build_gated(model, shape, policy, history, probe_free)
     state = initial_state(gated, history)
     inplace = _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
+    require_static_gating(path)
     inputs, outputs = _names(gated.history_names, debug)
     n = len(gated.history_names)
     info = GatedExportInfo(str(path), str(path.with_suffix(".history.npz")),
                            str(path.with_suffix(".gating.json")), tuple(inputs[1:]),
                            tuple(outputs[1:1 + n]), tuple(outputs[1 + n:]),
                            _keep_counts(gated), history.max_len, opset, inplace)
-    np.savez(info.history_path, **{k: v.numpy() for k, v in zip(inputs[1:], state)})
+    arrays: dict[str, Any] = {k: v.numpy() for k, v in zip(inputs[1:], state)}
+    np.savez(info.history_path, **arrays)  # Any: numpy's stub types **kwds like allow_pickle
     # file names only: a build writes into a temporary directory and renames it
     files = {k: Path(getattr(info, k)).name for k in ("onnx_path", "history_path",
                                                        "manifest_path")}

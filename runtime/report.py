@@ -20,7 +20,8 @@ constants are 1-D) and compares them with the plan's matrix parameters (``param_
 minus the RMSNorm vectors): ``agree`` is True when they are equal.
 Gates: a perplexity gate holds when pruned <= relative * dense and pruned <= absolute
 (each limit when given); a params gate holds when the plan's pruned parameter count is at
-most ``max_params``. Rendering (rich tables) lives here too; building the report never prints.
+most ``max_params``. ``assemble`` builds the report from a build's ``Outcome``. Rendering
+(rich tables) lives here too; building the report never prints.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from __future__ import annotations
 import dataclasses
 import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prunec.compiler.ir import Gate, ModelShape, ParamsGate, PerplexityGate
+from prunec.compiler.ir import Gate, HfExport, ModelShape, ParamsGate, PerplexityGate, Spec
 from prunec.compiler.plan import Plan, flops_per_token, param_count
 
 SCHEMA = 1
@@ -95,8 +97,71 @@ class BuildReport:
             "perplexity": {d.name: d.to_json() for d in self.perplexity},
             "gates": [g.to_json() for g in self.gates], "providers": self.providers,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-            "compile": self.compile_info, "method_info": self.method_info, "versions": versions(), "notes": list(self.notes),
+            "compile": self.compile_info, "method_info": self.method_info,
+            "versions": versions(), "notes": list(self.notes),
         }
+
+
+# -------------------------------------------------------------------- assembly
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a build measured and produced, for ``assemble``."""
+
+    spec: Spec
+    loaded: Any  # runtime.models.LoadedModel
+    plan: Plan
+    results: tuple[DatasetResult, ...]  # the evaluated datasets, dense and pruned
+    providers: dict[str, Any]  # {requested, used, notes} of the pruned model's session
+    onnx_path: Path
+    compiled: dict[str, Any]  # what the compile backend reported
+    flops_seq_len: int  # FLOPs/token at this length (the longest evaluated sequence)
+
+
+def assemble(o: Outcome) -> BuildReport:
+    """The ``BuildReport`` of a build (timings, method info and notes are added later)."""
+    spec, loaded = o.spec, o.loaded
+    model = {"source": spec.model.source.value, "location": spec.model.location,
+             "dtype": spec.model.dtype.value, "source_hash": loaded.source_hash,
+             "shape": dataclasses.asdict(loaded.shape)}
+    by_name = {r.name: r for r in o.results}
+    gates = check_gates(spec.gates, param_count(loaded.shape, o.plan), by_name)
+    return BuildReport(spec={"name": spec.name, "file": spec.file}, model=model,
+                       shape=loaded.shape, plan=o.plan, flops_seq_len=o.flops_seq_len,
+                       onnx_counts=onnx_counts(o.onnx_path), perplexity=o.results,
+                       gates=gates, providers=o.providers, timings={},
+                       compile_info=o.compiled)
+
+
+def onnx_counts(path: Path) -> tuple[int, int]:
+    """(float initializer params, those of rank 2) of an ONNX file (weights not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+              onnx.TensorProto.DOUBLE}
+    total = matrices = 0
+    for init in model.graph.initializer:
+        if init.data_type not in floats:
+            continue
+        n = 1
+        for d in init.dims:
+            n *= d
+        total += n
+        matrices += n if len(init.dims) == 2 else 0
+    return total, matrices
+
+
+def bias_notes(spec: Spec, biases: Any) -> tuple[str, ...]:
+    """Notes about a method's output-bias compensation ({layer: LayerBias} or None)."""
+    if not biases:
+        return ()
+    notes = [(f"output-bias compensation on {len(biases)} layers is in the ONNX graph "
+             "(o_proj / down_proj biases)")]
+    if any(isinstance(e, HfExport) for e in spec.exports):
+        notes.append("the hf export does not carry the output-bias compensation")
+    return tuple(notes)
 
 
 # ------------------------------------------------------------------ computations

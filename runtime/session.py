@@ -7,6 +7,9 @@ Rules:
 - the providers the session actually uses (onnxruntime drops CUDA when no GPU is found) are
   reported in ``OrtSession.used``, and every requested-but-unused provider gets a note.
 Thread counts are onnxruntime's defaults.
+``artifact_runner`` opens an artifact's ONNX file for evaluation: a static graph as a plain
+session, a gated one (a ``.gating.json`` manifest beside it) as a ``GatedSession`` that
+carries the history H from batch to batch.
 """
 
 from __future__ import annotations
@@ -60,3 +63,34 @@ def open_session(path: Path, providers: Sequence[Provider] = (Provider.CPU,)) ->
     notes += tuple(f"{p} could not be used (no device?); fell back to {used[0]}"
                    for p in chosen if p not in used)
     return OrtSession(session, requested, used, notes)
+
+
+Runner = tuple[OrtSession, Any, Any]  # (session, logits_fn, reset_fn or None)
+
+
+def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> Runner:
+    """(OrtSession, logits_fn, reset_fn) for an artifact's ONNX file. A gated one (with a
+    ``.gating.json`` manifest next to it) carries H across batches; ``reset_fn`` restores the
+    shipped initial H (None for a static artifact)."""
+    from prunec.runtime.evaluate import onnx_logits
+
+    if not onnx_path.with_suffix(".gating.json").is_file():
+        session = open_session(onnx_path, providers)
+        return session, onnx_logits(session.session), None
+    return gated_runner(onnx_path, providers)
+
+
+def gated_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> Runner:
+    import torch
+
+    from prunec.runtime.gated import GatedSession
+
+    requested = tuple(p.ort_name for p in providers)
+    chosen, notes = choose_providers(requested, available_providers())
+    runner = GatedSession(onnx_path, providers=list(chosen))
+
+    def run(batch: Any) -> Any:
+        return torch.from_numpy(runner.run(batch.numpy()))
+
+    used = tuple(runner.session.get_providers())
+    return OrtSession(runner.session, requested, used, notes), run, runner.reset

@@ -1,6 +1,6 @@
 """Static pruning methods: one entry point, ``compute_plan``, dispatching on the spec's method.
 
-Methods (see ../shared/docs/algorithms.md):
+Methods (docs/algorithms.md: §1 the searches, §2 the wanda-sp and FLAP baselines):
 - one-shot width methods (``oneshot.py``): ``magnitude``, ``wanda-sp``, ``flap``;
 - greedy searches scored by calibration perplexity (``search.py``): ``multipruner`` (blocks,
   then MLP channel groups, then KV groups of heads) and ``blockpruner`` (blocks only).
@@ -20,8 +20,13 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from prunec.compiler.ir import StaticMethod
+from prunec.passes.methods import lock as locks
+from prunec.passes.methods.oneshot import run_oneshot
+from prunec.passes.methods.search import run_search
 from prunec.passes.methods.types import (
     LayerBias,
     MethodOptions,
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from prunec.compiler.ir import ModelShape, StaticPrune
 
 __all__ = [
+    "METHODS",
     "LayerBias",
     "MethodOptions",
     "MethodResult",
@@ -48,23 +54,32 @@ __all__ = [
 ]
 
 
+def _oneshot(static: StaticPrune, model: nn.Module, shape: ModelShape,
+             calib: torch.Tensor | None, options: MethodOptions,
+             hashes: Mapping[str, str]) -> MethodResult:
+    return run_oneshot(static, model, shape, calib, options)
+
+
+MethodFn = Callable[["StaticPrune", "nn.Module", "ModelShape", "torch.Tensor | None",
+                     MethodOptions, Mapping[str, str]], MethodResult]
+
+# One row per ``prune METHOD``: the function that computes its plan.
+METHODS: dict[StaticMethod, MethodFn] = {
+    StaticMethod.MULTIPRUNER: run_search,
+    StaticMethod.BLOCKPRUNER: run_search,
+    StaticMethod.MAGNITUDE: _oneshot,
+    StaticMethod.WANDA_SP: _oneshot,
+    StaticMethod.FLAP: _oneshot,
+}
+
+
 def compute_plan(static: StaticPrune, model: nn.Module, shape: ModelShape,
                  calib: torch.Tensor | None, options: MethodOptions | None = None
                  ) -> MethodResult:
     """The static plan for ``static`` on ``model``: from the lock if given, else computed."""
-    from prunec.compiler.ir import StaticMethod
-    from prunec.passes.methods import lock as locks
-
     options = options or MethodOptions()
     hashes = locks.current_hashes(static, model, calib, options)
     if options.lock is not None:
         return locks.apply_lock(static, options.lock, hashes)
-    if static.method in (StaticMethod.MULTIPRUNER, StaticMethod.BLOCKPRUNER):
-        from prunec.passes.methods.search import run_search
-
-        result = run_search(static, model, shape, calib, options, hashes)
-    else:
-        from prunec.passes.methods.oneshot import run_oneshot
-
-        result = run_oneshot(static, model, shape, calib, options)
+    result = METHODS[static.method](static, model, shape, calib, options, hashes)
     return result.with_hashes(hashes)

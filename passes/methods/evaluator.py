@@ -32,7 +32,12 @@ from torch import nn
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
-from prunec.passes.reference import apply_layer_plan_, apply_plan_, decoder_layers
+from prunec.passes.reference import (
+    apply_layer_plan_,
+    apply_plan_,
+    decoder_layers,
+    sequence_nll,
+)
 
 Chunks = list[torch.Tensor]
 
@@ -66,10 +71,8 @@ class Driver:
 
 
 def head_nll(model: Any, normed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    logits = model.lm_head(normed)[:, :-1]
-    nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                      ids[:, 1:].reshape(-1), reduction="none")
-    return nll.view(ids.shape[0], -1).double().mean(1)
+    """Per-sequence mean NLL (float64) of ``ids`` from the final-norm hidden states."""
+    return sequence_nll(model.lm_head(normed), ids)
 
 
 def perplexity(per_sequence: list[torch.Tensor]) -> float:
@@ -77,8 +80,7 @@ def perplexity(per_sequence: list[torch.Tensor]) -> float:
 
 
 def is_identity(lp: LayerPlan) -> bool:
-    identity: bool = lp.attn_removed and lp.mlp_removed
-    return identity
+    return lp.attn_removed and lp.mlp_removed
 
 
 @dataclass
@@ -90,7 +92,7 @@ class Counters:
 class ReferenceEngine:
     """Whole-model evaluation of every candidate on a pruned deep copy (the semantics)."""
 
-    def __init__(self, model: nn.Module, shape: ModelShape, driver: Driver, plan: Plan) -> None:
+    def __init__(self, model: Any, shape: ModelShape, driver: Driver, plan: Plan) -> None:
         self.model, self.shape, self.driver, self.plan = model, shape, driver, plan
         self.counters = Counters()
 
@@ -121,7 +123,7 @@ class FastEngine:
     def __init__(self, model: nn.Module, shape: ModelShape, driver: Driver, plan: Plan,
                  cache_mb: int) -> None:
         self.shape, self.driver, self.plan = shape, driver, plan
-        self.base = decoder_layers(model)
+        self.base: list[nn.Module] = decoder_layers(model)
         self.counters = Counters()
         self.work = [self._module(lp) for lp in plan.layers]
         self.stores: dict[LayerPlan, dict[int, Chunks]] = {}
@@ -133,8 +135,7 @@ class FastEngine:
 
     def _module(self, lp: LayerPlan) -> nn.Module:
         if lp == LayerPlan(lp.index):
-            base: nn.Module = self.base[lp.index]
-            return base
+            return self.base[lp.index]
         layer: nn.Module = copy.deepcopy(self.base[lp.index])
         with torch.no_grad():
             apply_layer_plan_(layer, lp, self.shape)

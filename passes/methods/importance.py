@@ -2,8 +2,9 @@
 
 Maths (per decoder layer; W = down_proj for channels, o_proj for heads, W[:, k] a column;
 x_k the k-th input of that projection over all calibration tokens):
-- magnitude (MultiPruner reorder): channel k -> L1(gate row k) + L1(up row k); head h ->
-  (L1 of its q rows + L1 of its KV head's k and v rows) / head_dim;
+- magnitude (MultiPruner reorder, and the ranking of ``keep N`` in a manual plan): channel k
+  -> L1(gate row k) + L1(up row k); head h -> (L1 of its q rows + L1 of its KV head's k and
+  v rows) / head_dim (within a KV group heads rank by their q rows alone);
 - wanda-sp: column k -> sum_i |W_ik| * sqrt(mean x_k^2);
 - flap (WIFV): column k -> var(x_k) * sum_i W_ik^2 (the activation's fluctuation);
 a head's score from column scores is the sum over its head_dim columns. Higher = keep.
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from prunec.compiler.ir import ModelShape
+from prunec.compiler.manual import Importance
 from prunec.passes.reference import decoder_layers
 
 
@@ -55,6 +57,22 @@ def head_magnitude(layer: Any, shape: ModelShape) -> torch.Tensor:
     v = attn.v_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
     out: torch.Tensor = (q + (k + v).repeat_interleave(g)) / d
     return out
+
+
+def magnitude_importance(model: Any, shape: ModelShape) -> Importance:
+    """The ``importance(kind, layer)`` callback of ``prunec.compiler.manual`` (manual plans
+    that keep a count): the magnitude scores above, of the weights as loaded."""
+    layers = decoder_layers(model)
+
+    def importance(kind: str, layer: int) -> list[float]:
+        with torch.no_grad():
+            if kind == "channels":
+                scores = mlp_magnitude(layers[layer])
+            else:
+                scores = head_magnitude(layers[layer], shape)
+        return [float(v) for v in scores]
+
+    return importance
 
 
 def heads_from_columns(columns: torch.Tensor, shape: ModelShape) -> torch.Tensor:

@@ -7,7 +7,7 @@ keep per layer, keep the highest-scored ones. Counts:
   [1, group_size], where r is the width ratio (the ``heads`` ratio, or for a ``params`` target
   the fraction of the prunable layers' parameters to remove, lowered while heads alone would
   overshoot);
-- MLP channels are removed in units of ``budget.channel_unit``; for a ``params`` target the
+- MLP channels are removed in units of ``compiler.budget.channel_unit``; for a ``params`` target the
   number of units is what the heads left over, rounded to the nearest unit, spread evenly
   (the first layers by index take the remainder), so ``param_count`` lands within one unit
   of one layer (3 * hidden * unit parameters) of the target;
@@ -25,10 +25,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic
+from prunec.compiler import budget
 from prunec.compiler.ir import ModelShape, Scope, StaticMethod, StaticPrune
 from prunec.compiler.plan import Decision, LayerPlan, Plan
-from prunec.passes.methods import budget, importance
+from prunec.passes.methods import importance
 from prunec.passes.methods.types import LayerBias, MethodOptions, MethodResult, SearchStats
 from prunec.passes.reference import decoder_layers
 
@@ -39,10 +39,7 @@ Scores = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (channel, head) s
 def run_oneshot(static: StaticPrune, model: nn.Module, shape: ModelShape,
                 calib: torch.Tensor | None, options: MethodOptions) -> MethodResult:
     start = time.perf_counter()
-    if static.target.blocks:
-        raise CompileError((Diagnostic.error(
-            "P0707", f"{static.method.value} removes widths only, not blocks",
-            static.target.span, hint="use multipruner or blockpruner to remove blocks"),))
+    assert not static.target.blocks, "checks reject a blocks target on a width method (P0211)"
     stats = _stats(static, model, calib, options)
     scores = layer_scores(static.method, model, shape, stats)
     layers = budget.prunable_layers(static, shape)
@@ -59,12 +56,8 @@ def _stats(static: StaticPrune, model: nn.Module, calib: torch.Tensor | None,
            options: MethodOptions) -> list[importance.LayerStats] | None:
     if static.method is StaticMethod.MAGNITUDE:
         return None
-    if calib is None:
-        raise CompileError((Diagnostic.error(
-            "P0212", f"{static.method.value} needs calibration data", static.span),))
-    stats: list[importance.LayerStats] = importance.collect_stats(model, calib,
-                                                                  options.batch_size)
-    return stats
+    assert calib is not None, "checks require a score dataset for this method (P0212)"
+    return importance.collect_stats(model, calib, options.batch_size)
 
 
 def layer_scores(method: StaticMethod, model: nn.Module, shape: ModelShape,
@@ -97,7 +90,7 @@ def _heads_kept(group: int, ratio: float) -> int:
 
 def _params_widths(shape: ModelShape, layers: Sequence[int], goal: int, unit: int) -> Widths:
     h, d, g = shape.hidden, shape.head_dim, shape.group_size
-    per_layer = budget.dense_params(shape) - budget._embedding_params(shape)
+    per_layer = budget.dense_params(shape) - budget.embedding_params(shape)
     per_layer //= shape.n_layers
     frac = goal / max(1, per_layer * len(layers))
     k = _heads_kept(g, frac)

@@ -6,6 +6,8 @@ section without spans, the model and calibration hashes, the evaluation mode). A
 search rebuilds its caches from the saved plan and continues; since a step depends only on
 the committed plan, it reaches the same final plan as an uninterrupted run. A resume file
 with another fingerprint is refused (P0705) rather than silently mixed in.
+``SearchState`` (the committed state) lives here so that ``search`` imports ``resume`` and
+not the other way round.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunec.compiler.diagnostics import CompileError, Diagnostic
 from prunec.compiler.ir import StaticPrune, strip_spans
@@ -22,10 +25,19 @@ from prunec.compiler.plan import Plan
 from prunec.passes.methods.lock import write_atomic
 from prunec.passes.methods.types import StepScore
 
-if TYPE_CHECKING:
-    from prunec.passes.methods.search import SearchState
-
 FORMAT = "prunec-search-resume/1"
+
+
+@dataclass
+class SearchState:
+    """A search's committed state: what a resume file holds (updated after every step)."""
+
+    plan: Plan
+    trajectory: list[StepScore]
+    dense_score: float | None
+    layer_forwards: float = 0.0
+    evaluations: int = 0
+    wall_s: float = 0.0
 
 
 def fingerprint(static: StaticPrune, hashes: Mapping[str, str], mode: str) -> str:
@@ -47,8 +59,6 @@ def save(path: str | None, key: str, state: SearchState) -> None:
 
 def load(path: str | None, key: str, static: StaticPrune) -> SearchState | None:
     """The saved state, None when there is no file yet; P0705 when it belongs elsewhere."""
-    from prunec.passes.methods.search import SearchState
-
     if path is None or not Path(path).exists():
         return None
     try:

@@ -1,11 +1,11 @@
 """Greedy structure search scored by calibration perplexity: MultiPruner and BlockPruner.
 
-Algorithm (algorithms.md section 1): stages in a fixed order, each a loop of steps; a step
+Algorithm (docs/algorithms.md §1): stages in a fixed order, each a loop of steps; a step
 scores every candidate (one layer changed on top of the committed plan) and commits the one
 with the lowest perplexity (ties: the earlier candidate in layer order, attention before MLP).
 - blocks: remove a remaining attention or MLP block of an unprotected layer;
-- mlp: shrink one layer's MLP by ``budget.mlp_step`` channels (width stays > 0);
-- heads: drop ``budget.head_step`` whole KV groups of one layer (its query heads and its k/v
+- mlp: shrink one layer's MLP by ``compiler.budget.mlp_step`` channels (width stays > 0);
+- heads: drop ``compiler.budget.head_step`` whole KV groups of one layer (its query heads and its k/v
   rows; at least one group stays). Whole groups keep the plan's GQA invariant and cut k/v too.
 Within a layer, width cuts drop the weakest channels / KV groups under the reorder's
 ``importance``: ``magnitude`` (the paper; ``importance.mlp_magnitude`` / summed
@@ -30,11 +30,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic
+from prunec.compiler import budget
 from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune, WidthImportance
 from prunec.compiler.plan import Decision, LayerPlan, Plan
-from prunec.passes.methods import budget, importance, resume
+from prunec.passes.methods import importance, resume
 from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
+from prunec.passes.methods.resume import SearchState
 from prunec.passes.methods.types import (
     MethodOptions,
     MethodResult,
@@ -45,7 +46,6 @@ from prunec.passes.methods.types import (
 )
 from prunec.passes.reference import decoder_layers
 
-DEFAULT_DISTRIBUTION = (0.44, 0.52, 0.04)
 STAGES = ("blocks", "mlp", "heads")
 
 
@@ -143,7 +143,7 @@ def stage_limits(static: StaticPrune, shape: ModelShape) -> Limits:
         d = static.distribution
         shares = (d.blocks, d.mlp, d.heads)
     else:
-        shares = DEFAULT_DISTRIBUTION
+        shares = budget.DEFAULT_DISTRIBUTION
     if goal is not None:
         out: list[tuple[str, str, float]] = []
         acc = 0.0
@@ -180,23 +180,10 @@ def removed(kind: str, plan: Plan, shape: ModelShape) -> float:
     return count
 
 
-@dataclass
-class SearchState:
-    plan: Plan
-    trajectory: list[StepScore]
-    dense_score: float | None
-    layer_forwards: float = 0.0
-    evaluations: int = 0
-    wall_s: float = 0.0
-
-
 def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
                calib: torch.Tensor | None, options: MethodOptions,
                hashes: Mapping[str, str] | None = None) -> MethodResult:
-    if calib is None:
-        raise CompileError((Diagnostic.error(
-            "P0212", f"{static.method.value} scores candidates on calibration data",
-            static.span),))
+    assert calib is not None, "checks require a score dataset for a search (P0212)"
     key = resume.fingerprint(static, hashes or {}, options.mode)
     state = resume.load(options.resume_path, key, static) or SearchState(
         Plan.dense(shape, static.method.value), [], None)
@@ -266,5 +253,4 @@ def search_step(stage: str, static: StaticPrune, shape: ModelShape, orders: Orde
 
 
 def shape_params(shape: ModelShape, plan: Plan) -> int:
-    params: int = budget.dense_params(shape) - budget.removed_params(shape, plan)
-    return params
+    return budget.dense_params(shape) - budget.removed_params(shape, plan)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunec.compiler.ir import ModelShape, ProbePolicy
+from prunec.compiler.ir import DEFAULT_MAX_LEN, ModelShape, ProbePolicy
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
 
-DEFAULT_MAX_LEN = 512
 CALIB_BATCH = 8
 
 
@@ -86,7 +85,8 @@ def calibrate_history(model: nn.Module, shape: ModelShape, policy: ProbePolicy,
                       calib: torch.Tensor, max_len: int | None = None) -> History:
     """Initial H for ``model`` (dense or statically pruned) from ``calib [N, Tc]`` token ids.
 
-    ``max_len`` (default ``max(Tc, 512)``) is the longest sequence the history supports.
+    ``max_len`` (default ``max(Tc, DEFAULT_MAX_LEN)``, the IR's) is the longest sequence the
+    history supports.
     ``policy`` is accepted for symmetry with the export (H covers every existing block)."""
     del policy
     tc = int(calib.shape[1])

@@ -7,7 +7,7 @@ MLP channels, after any static plan), how many stay per batch, and how they are 
 - ``DENSE``: not pruned (skipped layers, or rounding kept the whole width).
 Removed blocks (``ZeroAttention`` / ``ZeroMLP`` from ``apply_plan_``) have no gate (None).
 The per-layer ratio is ``round(L / (L - skipped) * r, 2)`` where ``skipped`` counts the
-policy's skipped layers (algorithms.md §2, generalised from "first 3").
+policy's skipped layers (docs/algorithms.md §2, generalised from "first 3").
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from prunec.compiler.budget import kept_channels, kept_heads, layer_ratio
 from prunec.compiler.ir import ModelShape, ProbePolicy, ProbeTarget
-from prunec.passes.probe.maths import kept_channels, kept_heads, layer_ratio
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
 
 

@@ -1,4 +1,5 @@
-"""Building the gated forward from a (possibly statically pruned) HF Llama model.
+"""Building the gated forward from a (possibly statically pruned) HF Llama-style model
+(Llama, Mistral, Qwen2; projection biases are read from the modules, whatever the config says).
 
 ``build_gated(model, shape, policy, history)`` copies the weights into a ``GatedLlama``
 (``model.GatedBlock``s in residual order, removed blocks left out) whose history inputs are,
@@ -18,13 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunec.compiler.budget import as_fraction
 from prunec.compiler.ir import ModelShape, ProbeMetric, ProbeMode, ProbePolicy
 from prunec.passes.probe.history import BlockHistory, History
 from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
-from prunec.passes.probe.maths import as_fraction
 from prunec.passes.probe.model import GatedAttention, GatedBlock, GatedMLP, ProbeSettings, rms_norm
 from prunec.passes.probe.static import static_choice
-from prunec.passes.reference import decoder_layers
+from prunec.passes.reference import ZeroAttention, decoder_layers
 
 
 class GatedLlama(nn.Module):
@@ -87,12 +88,19 @@ def settings_of(model: Any, shape: ModelShape, policy: ProbePolicy) -> ProbeSett
                          head_dim=shape.head_dim, compensate=policy.compensate)
 
 
-def _check_supported(model: Any) -> None:
+def _check_supported(model: Any, max_len: int) -> None:
+    """What the gated forward cannot express: a non-SiLU MLP, a sliding window (a Qwen2
+    layer's own, else Mistral's config) shorter than ``max_len``. Projection biases are all
+    supported (read from the modules by ``model.GatedBlock``)."""
     cfg = model.config
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ValueError(f"probe gating supports SiLU MLPs, not {cfg.hidden_act}")
-    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-        raise ValueError("probe gating supports bias-free attention and MLP projections")
+    for layer in decoder_layers(model):
+        attn = layer.self_attn
+        window = getattr(attn, "sliding_window", getattr(cfg, "sliding_window", None))
+        if not isinstance(attn, ZeroAttention) and window is not None and int(window) < max_len:
+            raise ValueError(f"probe gating has full causal attention: sliding window "
+                             f"{window} < history max_len {max_len}")
 
 
 def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | None,
@@ -101,9 +109,7 @@ def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | Non
     if gate.kind is not GateKind.STATIC:
         return None
     assert stats is not None
-    choice: tuple[torch.Tensor, torch.Tensor | None] = static_choice(
-        policy.metric, weight, stats, history.calib_len, unit, gate.keep)
-    return choice
+    return static_choice(policy.metric, weight, stats, history.calib_len, unit, gate.keep)
 
 
 def _blocks(model: nn.Module, gates: tuple[LayerGate, ...], policy: ProbePolicy,
@@ -130,7 +136,7 @@ def build_gated(model: nn.Module, shape: ModelShape, policy: ProbePolicy,
                 history: History, probe_free: bool = False) -> GatedLlama:
     """The gated forward of ``model`` under ``policy`` (static metrics give fixed masks).
     ``probe_free`` (benchmarks only) scores from H alone, to measure the probe's cost."""
-    _check_supported(model)
+    _check_supported(model, history.max_len)
     static = policy.metric is not ProbeMetric.PPSP
     gates = layer_gates(model, shape, policy, static=static)
     settings = replace(settings_of(model, shape, policy), probe_free=probe_free)

@@ -2,7 +2,7 @@
 
 ``GatedLlama(input_ids, histories) -> (logits, new_histories, kept)`` reproduces the HF
 Llama forward (no KV cache) and, per block with a ``DYNAMIC`` gate, Probe Pruning
-(algorithms.md §2): probe selection on the residual entering the block, the probe through
+(docs/algorithms.md §2): probe selection on the residual entering the block, the probe through
 the block's own projections, fusion with H, PPsp scores, ``topk(score, keep)`` (a constant
 ``keep``), then the full batch through the gathered, smaller weights; the new H is the EMA
 of the batch's squared activations on the kept channels only. ``STATIC`` blocks gather a
@@ -13,6 +13,11 @@ whole. No data-dependent shapes and no control flow depend on tensor values, so
 Attention under GQA: query head h reads KV head ``h // group`` (local numbering after any
 static plan); pruning drops query heads only (q rows + o_proj columns), k/v stay whole.
 ``kept`` lists the kept indices (topk order) of every dynamic block, for exactness checks.
+Biases come from the modules themselves (``linear.bias is not None``), never from config
+keys: q/k/v biases (Qwen2; Llama with ``attention_bias``) and MLP gate/up biases (Llama with
+``mlp_bias``) are gathered with their weight rows; o_proj / down_proj biases are output
+biases added whole, like FLAP's compensation (skipping a unit removes its column, not the
+bias), so a gated block equals the HF block whose skipped columns are zeroed.
 """
 
 from __future__ import annotations
@@ -75,6 +80,26 @@ def update_history(hist: torch.Tensor, act: torch.Tensor, cols: torch.Tensor,
     return hist.index_copy(0, cols, torch.cat([head, rows[:, t:]], dim=1))
 
 
+def linear_bias(linear: Any) -> torch.Tensor | None:
+    """A detached copy of an ``nn.Linear``'s bias, or None when it has none."""
+    bias = linear.bias
+    return None if bias is None else bias.detach().clone()
+
+
+def output_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
+    """The sum of the output biases that exist (None when there is none)."""
+    present = [b for b in biases if b is not None]
+    return None if not present else torch.stack(present).sum(0)
+
+
+def project_in(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+               ) -> torch.Tensor:
+    """``x @ W^T (+ b)`` for a weight ``[out, in]`` and a bias of any shape with ``out``
+    elements (or None)."""
+    y = x @ weight.t()
+    return y if bias is None else y + bias.reshape(-1)
+
+
 def select_probe(h: torch.Tensor, s: ProbeSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions ascending, samples) of the probe for the residual ``h [B, T, D]``."""
     pos = maths.probe_positions(h, s.token_frac)
@@ -90,13 +115,16 @@ class GatedBlock(nn.Module):
     bias: torch.Tensor | None
 
     def __init__(self, norm: torch.Tensor, gate: BlockGate, settings: ProbeSettings,
-                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+                 static: tuple[torch.Tensor, torch.Tensor | None] | None,
+                 own_bias: torch.Tensor | None) -> None:
+        """``static``: (kept indices, FLAP bias or None) of a STATIC gate; ``own_bias``: the
+        output projection's own bias; the two add into one output bias."""
         super().__init__()
         self.gate, self.settings = gate, settings
         self.register_buffer("norm", norm.detach().clone())
         idx, bias = static if static is not None else (None, None)
         self.register_buffer("static_idx", idx)
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", output_bias(own_bias, bias))
 
     @property
     def dynamic(self) -> bool:
@@ -172,24 +200,29 @@ class GatedMLP(GatedBlock):
     """SwiGLU MLP; unit = intermediate channel k (gate/up row k, down column k)."""
 
     w_gate_up: torch.Tensor
+    b_gate_up: torch.Tensor | None
     w_down_t: torch.Tensor
     down_pow4: torch.Tensor
 
     def __init__(self, mlp: Any, norm: torch.Tensor, gate: BlockGate,
                  settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
-        super().__init__(norm, gate, settings, static)
+        super().__init__(norm, gate, settings, static, linear_bias(mlp.down_proj))
         down = mlp.down_proj.weight.detach()
         # gate and up rows side by side: one Gather (axis 1) and one MatMul for both
         self.register_buffer("w_gate_up", torch.stack([mlp.gate_proj.weight.detach(),
                                                        mlp.up_proj.weight.detach()]))
+        self.register_buffer("b_gate_up", _stacked_bias(mlp.gate_proj, mlp.up_proj))
         self.register_buffer("w_down_t", down.t().contiguous())
         self.register_buffer("down_pow4", maths.column_pow4(down))
 
     def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                    idx: torch.Tensor | None) -> torch.Tensor:
-        w = self.w_gate_up if idx is None else self.w_gate_up.index_select(1, idx)
-        gate, up = (x @ w.reshape(-1, w.shape[-1]).t()).chunk(2, dim=-1)
+        w, b = self.w_gate_up, self.b_gate_up
+        if idx is not None:
+            w = w.index_select(1, idx)
+            b = None if b is None else b.index_select(1, idx)
+        gate, up = project_in(x, w.reshape(-1, w.shape[-1]), b).chunk(2, dim=-1)
         return torch.nn.functional.silu(gate) * up
 
     def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
@@ -197,11 +230,19 @@ class GatedMLP(GatedBlock):
         return act @ wd
 
     def importance(self, s: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = maths.mlp_importance(s, self.down_pow4)
-        return out
+        return maths.mlp_importance(s, self.down_pow4)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         return idx
+
+
+def _stacked_bias(gate_proj: Any, up_proj: Any) -> torch.Tensor | None:
+    """``[2, channels]`` gate and up biases (zeros for a missing one), or None for neither."""
+    gate, up = linear_bias(gate_proj), linear_bias(up_proj)
+    if gate is None and up is None:
+        return None
+    zeros = torch.zeros(gate_proj.weight.shape[0], dtype=gate_proj.weight.dtype)
+    return torch.stack([zeros if gate is None else gate, zeros if up is None else up])
 
 
 class GatedAttention(GatedBlock):
@@ -210,6 +251,9 @@ class GatedAttention(GatedBlock):
     w_q: torch.Tensor
     w_k: torch.Tensor
     w_v: torch.Tensor
+    b_q: torch.Tensor | None
+    b_k: torch.Tensor | None
+    b_v: torch.Tensor | None
     w_o_t: torch.Tensor
     o_pow4: torch.Tensor
     kv_map: torch.Tensor
@@ -218,13 +262,17 @@ class GatedAttention(GatedBlock):
     def __init__(self, attn: Any, norm: torch.Tensor, gate: BlockGate,
                  settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
-        super().__init__(norm, gate, settings, static)
+        super().__init__(norm, gate, settings, static, linear_bias(attn.o_proj))
         d = settings.head_dim
         q, o = attn.q_proj.weight.detach(), attn.o_proj.weight.detach()
         n_heads, n_kv = q.shape[0] // d, attn.k_proj.weight.shape[0] // d
         self.register_buffer("w_q", q.reshape(n_heads, d, -1).clone())
         self.register_buffer("w_k", attn.k_proj.weight.detach().clone())
         self.register_buffer("w_v", attn.v_proj.weight.detach().clone())
+        b_q = linear_bias(attn.q_proj)
+        self.register_buffer("b_q", None if b_q is None else b_q.reshape(n_heads, d))
+        self.register_buffer("b_k", linear_bias(attn.k_proj))
+        self.register_buffer("b_v", linear_bias(attn.v_proj))
         self.register_buffer("w_o_t", o.t().reshape(n_heads, d, -1).contiguous())
         self.register_buffer("o_pow4", maths.column_pow4(o))
         self.register_buffer("kv_map", torch.arange(n_heads) // (n_heads // n_kv))
@@ -234,12 +282,13 @@ class GatedAttention(GatedBlock):
                    idx: torch.Tensor | None) -> torch.Tensor:
         b, t, hidden = x.shape
         d = self.settings.head_dim
-        wq, kv_map = self.w_q, self.kv_map
+        wq, bq, kv_map = self.w_q, self.b_q, self.kv_map
         if idx is not None:
             wq, kv_map = wq.index_select(0, idx), kv_map.index_select(0, idx)
-        q = (x @ wq.reshape(-1, hidden).t()).view(b, t, -1, d).transpose(1, 2)
-        k = (x @ self.w_k.t()).view(b, t, -1, d).transpose(1, 2)
-        v = (x @ self.w_v.t()).view(b, t, -1, d).transpose(1, 2)
+            bq = None if bq is None else bq.index_select(0, idx)
+        q = project_in(x, wq.reshape(-1, hidden), bq).view(b, t, -1, d).transpose(1, 2)
+        k = project_in(x, self.w_k, self.b_k).view(b, t, -1, d).transpose(1, 2)
+        v = project_in(x, self.w_v, self.b_v).view(b, t, -1, d).transpose(1, 2)
         cos, sin = rope
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         return causal_attention(q, k.index_select(1, kv_map), v.index_select(1, kv_map))
@@ -249,8 +298,7 @@ class GatedAttention(GatedBlock):
         return act @ wo.reshape(-1, wo.shape[-1])
 
     def importance(self, s: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = maths.head_importance(s, self.o_pow4, self.settings.head_dim)
-        return out
+        return maths.head_importance(s, self.o_pow4, self.settings.head_dim)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         d = self.settings.head_dim

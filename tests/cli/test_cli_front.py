@@ -33,6 +33,34 @@ def test_explain_a_spec(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["steps"] and {"section", "setting", "value"} <= set(data["rows"][0])
 
 
+def _explained_output(spec: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["explain", "--format", "json", spec]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    return str(next(r["value"] for r in rows if r["section"] == "output"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: Path(s).stem)
+def test_explain_names_the_directory_build_writes(spec: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """One rule (``compiler.outputs.output_dir``): explain shows where build writes."""
+    from prunec.compiler.driver import load_spec
+    from prunec.compiler.outputs import output_dir
+
+    loaded, _ = load_spec(Path(spec))
+    assert loaded is not None
+    assert _explained_output(spec, capsys) == str(output_dir(loaded, Path(spec).parent))
+
+
+def test_default_output_is_build_name(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "specs" / "smollm2-manual.prune").read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if not ln.startswith("output")]
+    spec = tmp_path / "noout.prune"
+    spec.write_text("\n".join(lines).replace('"data/', f'"{ROOT}/specs/data/') + "\n")
+    name = next(ln.split('"')[1] for ln in lines if ln.startswith("name"))
+    assert _explained_output(str(spec), capsys) == f"build/{name}"
+
+
 def _hostile(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[bytes | None, str]] = {
         "empty": (b"", "P0110"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
-MODULES = ["prunec.grammar.parser", "prunec.compiler.syntax", "prunec.compiler.fmt",
-           "prunec.compiler.checks", "prunec.compiler.explain", "prunec.compiler.blocks",
-           "prunec.compiler.lower", "prunec.compiler.render", "prunec.compiler.shape",
-           "prunec.compiler.driver", "prunec.compiler.files", "prunec.compiler.commands"]
+from prunec import compiler
+
+MODULES = ["prunec.grammar.parser"] + [
+    f"prunec.compiler.{m.name}" for m in pkgutil.iter_modules(compiler.__path__)]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -7,8 +7,9 @@ import io
 from frontkit import ROOT, SPECS
 from rich.console import Console
 
+from prunec.compiler import budget
 from prunec.compiler.driver import load_spec
-from prunec.compiler.explain import estimate_manual_plan, explain, mlp_step, print_explanation
+from prunec.compiler.explain import estimate_manual_plan, explain, print_explanation
 from prunec.compiler.ir import SMOLLM2_135M
 from prunec.compiler.plan import Plan, param_count
 
@@ -32,10 +33,12 @@ def test_manual_plan_parameters_are_exact() -> None:
 
 
 def test_static_target_estimate_and_defaults() -> None:
-    _, exp = _explain("smollm2-composed")
+    spec, exp = _explain("smollm2-composed")
     values = {(r.section, r.setting): r.value for r in exp.rows}
     assert values[("static", "parameters")] == "134.5M -> about 121.1M"
-    assert values[("static", "steps")].startswith(f"{mlp_step(SMOLLM2_135M)} MLP channels")
+    assert spec.static is not None
+    step = budget.mlp_step(spec.static, SMOLLM2_135M)
+    assert step == 192 and values[("static", "steps")].startswith(f"{step} MLP channels")
     assert values[("probe", "ratio")] == "20% model-wide = 22% in each of 27 layers"
     assert "gating on" in values[("export", "onnx")]
 

@@ -50,6 +50,7 @@ def test_hub_not_cached_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     ('{"model_type": "gpt2"}', "P0303"),
     ('{"model_type": "llama"}', "P0303"),
     ("[1]", "P0303"),
+    ('{"model_type": "qwen3"}', "P0303"),
 ])
 def test_bad_configs(tmp_path: Path, config: str, code: str) -> None:
     (tmp_path / "config.json").write_text(config)
@@ -150,3 +151,37 @@ def test_attention_biases_from_config_reach_param_count(
     narrow = dense.with_layer(LayerPlan(0, kept_heads=(0, 1)))
     assert param_count(shape, narrow) - param_count(plain, narrow) == (
         per_layer + (2 + 2 * 1) * 16 * want[0] + 64 * want[1])
+
+
+def test_qwen3_is_not_supported_yet(tmp_path: Path) -> None:
+    """One tuple of families (compiler.shape.SUPPORTED): a qwen3 spec fails check, not build."""
+    data = json.loads((FIXTURES / "models" / "tiny-llama" / "config.json").read_text())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**data, "model_type": "qwen3"}))
+    _, diags = check_source('model hf "m"\n', str(tmp_path / "s.prune"))
+    assert [(d.code, d.span.line) for d in diags] == [("P0303", 1)]
+    assert "qwen3" in diags[0].message and "llama, mistral, qwen2" in (diags[0].hint or "")
+
+
+def _gguf_meta(**change: object) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "general.architecture": "llama", "llama.block_count": 4, "llama.embedding_length": 64,
+        "llama.feed_forward_length": 128, "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2, "llama.vocab_size": 256}
+    return {**meta, **change}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"llama.attention.head_count": 0}, "head_count must be a positive integer, not 0"),
+    ({"llama.attention.head_count_kv": 3}, "4 attention heads cannot be grouped over 3"),
+    ({"llama.embedding_length": 66}, "hidden size 66 is not divisible by 4"),
+    ({"general.architecture": "qwen3"}, 'architecture "qwen3" is not supported'),
+])
+def test_gguf_metadata_obeys_the_config_rules(change: dict[str, object], message: str) -> None:
+    from prunec.compiler.shape import shape_from_gguf_meta
+
+    assert shape_from_gguf_meta(_gguf_meta(), None, set(), "x.gguf") == dataclasses.replace(
+        TINY, tied_embeddings=True)
+    with pytest.raises(ShapeProblem) as info:
+        shape_from_gguf_meta(_gguf_meta(**change), None, set(), "x.gguf")
+    assert info.value.code == "P0303" and message in info.value.message

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from method_fixtures import calib_tokens, make_static
+from tinymodels import TinyConfig, tiny_llama, torch_threads
 
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import MethodOptions, compute_plan
 from prunec.passes.methods.lock import read_lock, write_lock
 from prunec.passes.reference import decoder_layers, shape_of
-from prunec.passes.tiny import TinyConfig, tiny_llama, torch_threads
 
 CONFIG = TinyConfig(layers=4, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from method_fixtures import SPAN, make_static
 
+from prunec.compiler import budget
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
     DType,
@@ -18,7 +19,7 @@ from prunec.compiler.ir import (
     StaticMethod,
 )
 from prunec.compiler.plan import LayerPlan, Plan
-from prunec.passes.methods import budget, compute_plan
+from prunec.passes.methods import compute_plan
 from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
 
 pytestmark = pytest.mark.slow

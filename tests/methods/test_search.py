@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 from method_fixtures import SPAN, calib_tokens, make_static
+from tinymodels import TinyConfig, tiny_llama, torch_threads
 
+from prunec.compiler import budget
 from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod, WidthImportance
-from prunec.passes.methods import MethodOptions, budget, compute_plan
+from prunec.passes.methods import MethodOptions, compute_plan
 from prunec.passes.reference import shape_of
-from prunec.passes.tiny import TinyConfig, tiny_llama, torch_threads
 
 CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from graphkit import VARIANTS, Captured
-
-from prunec.passes.tiny import torch_threads
+from tinymodels import torch_threads
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))

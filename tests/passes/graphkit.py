@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+from tinymodels import TinyConfig, tiny_llama
 from torch import nn
 from torch.fx import GraphModule
 
@@ -16,7 +17,6 @@ from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import Plan
 from prunec.passes.capture import capture
 from prunec.passes.reference import apply_plan_, shape_of
-from prunec.passes.tiny import TinyConfig, tiny_llama
 
 VARIANTS = {
     "gqa-tied": TinyConfig(layers=4),

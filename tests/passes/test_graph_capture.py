@@ -21,8 +21,9 @@ def test_captured_graph_matches_model(captured: Captured, batch: int, seq: int) 
 def test_capture_does_not_touch_the_model(captured: Captured) -> None:
     before = {k: v.clone() for k, v in captured.model.state_dict().items()}
     gm = captured.graph()
+    from tinymodels import random_plan
+
     from prunec.passes.pipeline import run_pipeline
-    from prunec.passes.tiny import random_plan
 
     run_pipeline(gm, random_plan(captured.shape, seed=3, p_remove=0.5), captured.shape)
     after = captured.model.state_dict()

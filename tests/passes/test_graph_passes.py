@@ -12,6 +12,7 @@ import torch
 from graphkit import Captured
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tinymodels import random_plan
 from torch.fx import GraphModule
 
 from prunec.compiler.diagnostics import CompileError
@@ -20,7 +21,6 @@ from prunec.passes.analysis import get_tensor, module_path
 from prunec.passes.infra import FunctionPass, PassContext, PassError, PassManager
 from prunec.passes.pipeline import PIPELINE, run_pipeline
 from prunec.passes.reference import reference_logits, relative_error
-from prunec.passes.tiny import random_plan
 
 SIZES = ((1, 5), (3, 11), (2, 33))
 

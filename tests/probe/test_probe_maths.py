@@ -10,12 +10,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prunec.compiler import budget
 from prunec.passes.probe import maths
 
 
 @given(st.integers(1, 5000), st.fractions(Fraction(1, 1000), Fraction(1)), st.integers(1, 3))
 def test_ceil_count_is_clipped_exact_ceiling(n: int, frac: Fraction, minimum: int) -> None:
-    assert maths.ceil_count(n, frac, minimum) == min(n, max(minimum, math.ceil(frac * n)))
+    assert budget.ceil_count(n, frac, minimum) == min(n, max(minimum, math.ceil(frac * n)))
 
 
 def test_probe_positions_are_top_norms_ascending() -> None:
@@ -65,7 +66,7 @@ def test_ema_update() -> None:
 
 @given(st.integers(1, 8192), st.floats(0.0, 1.0), st.sampled_from([1, 8, 32, 64, 128]))
 def test_kept_channels_rounding(width: int, ratio: float, round_to: int) -> None:
-    kept = maths.kept_channels(width, ratio, round_to)
+    kept = budget.kept_channels(width, ratio, round_to)
     assert min(round_to, width) <= kept <= width
     assert kept % round_to == 0 or kept == width
     if round_to <= width and kept != width and kept != round_to:
@@ -76,28 +77,28 @@ def test_kept_channels_rounding(width: int, ratio: float, round_to: int) -> None
        st.sampled_from([1, 8, 64]))
 def test_kept_channels_monotone_in_ratio(width: int, r1: float, r2: float, round_to: int) -> None:
     lo, hi = sorted((r1, r2))
-    assert maths.kept_channels(width, lo, round_to) >= maths.kept_channels(width, hi, round_to)
+    assert budget.kept_channels(width, lo, round_to) >= budget.kept_channels(width, hi, round_to)
 
 
 def test_kept_counts_on_smollm2_widths() -> None:
-    assert maths.kept_channels(1536, 0.22, 64) == 1216
-    assert maths.kept_channels(1536, 0.44, 64) == 832
-    assert maths.kept_heads(9, 0.22) == 8 and maths.kept_heads(9, 0.44) == 6
-    assert maths.kept_heads(4, 1.0) == 1
+    assert budget.kept_channels(1536, 0.22, 64) == 1216
+    assert budget.kept_channels(1536, 0.44, 64) == 832
+    assert budget.kept_heads(9, 0.22) == 8 and budget.kept_heads(9, 0.44) == 6
+    assert budget.kept_heads(4, 1.0) == 1
     with pytest.raises(ValueError):
-        maths.kept_channels(10, 0.5, 0)
+        budget.kept_channels(10, 0.5, 0)
 
 
 @given(st.integers(2, 100), st.floats(0.0, 0.9))
 def test_layer_ratio_keeps_the_model_wide_ratio(n_layers: int, ratio: float) -> None:
     skipped = n_layers // 4
-    r = maths.layer_ratio(ratio, n_layers, skipped)
+    r = budget.layer_ratio(ratio, n_layers, skipped)
     exact = n_layers / (n_layers - skipped) * ratio
     assert r == pytest.approx(min(1.0, exact), abs=0.005 + 1e-12)
 
 
 def test_layer_ratio_paper_values() -> None:
-    assert maths.layer_ratio(0.2, 30, 3) == 0.22
-    assert maths.layer_ratio(0.4, 30, 3) == 0.44
-    assert maths.layer_ratio(0.4, 32, 3) == 0.44
-    assert maths.layer_ratio(0.5, 4, 4) == 0.0
+    assert budget.layer_ratio(0.2, 30, 3) == 0.22
+    assert budget.layer_ratio(0.4, 30, 3) == 0.44
+    assert budget.layer_ratio(0.4, 32, 3) == 0.44
+    assert budget.layer_ratio(0.5, 4, 4) == 0.0

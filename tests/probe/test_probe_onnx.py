@@ -17,10 +17,10 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from tinymodels import TinyConfig, random_plan, tiny_llama
 
 from prunec.passes.probe import ProbeRunner, calibrate_history
 from prunec.passes.reference import apply_plan_, relative_error, shape_of
-from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
 
 TOL = 1e-4
@@ -159,11 +159,11 @@ def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy):  # type: ignor
 def test_prunec_run_command(plain, tmp_path, capsys):  # type: ignore[no-untyped-def]
     import argparse
 
-    from prunec.runtime.probe_commands import register_probe_commands
+    from prunec.runtime.commands.run import register
 
     info, _ = plain
     parser = argparse.ArgumentParser()
-    register_probe_commands(parser.add_subparsers())
+    register(parser.add_subparsers())
     data = tmp_path / "ids.npy"
     np.save(data, np.random.default_rng(0).integers(0, 160, (6, 12)))
     args = parser.parse_args(["run", str(Path(info.onnx_path).parent), "--data", str(data),

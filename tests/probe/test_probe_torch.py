@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
+from tinymodels import TinyConfig, random_plan, tiny_llama
 
 from prunec.compiler.ir import ProbeMetric, ProbeMode, ProbeTarget
 from prunec.passes.probe import GateKind, ProbeRunner, calibrate_history, layer_gates
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
-from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama
 
 TOL = 1e-4
 LAYER = 2  # the one gated layer in the single-layer tests

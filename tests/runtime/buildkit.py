@@ -54,7 +54,7 @@ def tiny_tokenizer(vocab: int = 160) -> Any:
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:
-    from prunec.passes.tiny import tiny_llama
+    from tinymodels import tiny_llama
 
     tiny_llama(seed).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(str(directory))
@@ -104,7 +104,7 @@ def reference_compile(job: Any) -> dict[str, Any]:
 def compile_fn() -> Any:
     """The real graph backend when it exists, else the reference one."""
     if importlib.util.find_spec("prunec.runtime.export") is not None:
-        from prunec.runtime.build import graph_compile
+        from prunec.runtime.backends import graph_compile
 
         return graph_compile
     return reference_compile
@@ -151,14 +151,14 @@ def main(argv: list[str]) -> int:
     """``python buildkit.py MODEL_DIR OUT ONNX_SRC [GATE]``: a build for the kill tests."""
     from prunec.compiler.ir import ParamsGate
     from prunec.runtime.build import BuildOptions, build
-    from prunec.runtime.commands import with_signals
+    from prunec.runtime.commands.common import with_signals
 
     model_dir, out, src = Path(argv[0]), Path(argv[1]), Path(argv[2])
     gates = (ParamsGate(1, span(30)),) if argv[3:] == ["fail"] else ()
     spec = make_spec(model_dir, plan=manual_plan(), gates=gates)
     options = BuildOptions(out, quiet=True)
     return int(with_signals(lambda: 0 if build(spec, Path.cwd(), options,
-                                                copy_compile(src)).passed else 1))
+                                                {"static": copy_compile(src)}).passed else 1))
 
 
 if __name__ == "__main__":

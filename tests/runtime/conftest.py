@@ -31,4 +31,5 @@ def built(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
              ParamsGate(10**9, buildkit.span(31)))
     spec = buildkit.make_spec(tiny_dir, plan=buildkit.manual_plan(), gates=gates)
     out = tmp_path_factory.mktemp("built") / "artifact"
-    return build(spec, Path.cwd(), BuildOptions(out, quiet=True), buildkit.compile_fn())
+    return build(spec, Path.cwd(), BuildOptions(out, quiet=True),
+                 {"static": buildkit.compile_fn()})

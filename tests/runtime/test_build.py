@@ -11,8 +11,9 @@ import pytest
 
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import ParamsGate, PerplexityGate
+from prunec.compiler.outputs import failed_report_path, output_dir
 from prunec.compiler.plan import Plan, param_count
-from prunec.runtime.build import BuildOptions, build, failed_report_path, output_dir
+from prunec.runtime.build import BuildOptions, build
 
 REPORT_KEYS = {"schema", "passed", "spec", "model", "method", "plan_summary", "params",
                "flops_per_token", "layers", "perplexity", "gates", "providers", "timings_s",
@@ -51,7 +52,7 @@ def test_report_contents(built: Any) -> None:
 def fast_build(tiny_dir: Path, built: Any, out: Path, gates: tuple[Any, ...] = ()) -> Any:
     spec = buildkit.make_spec(tiny_dir, plan=buildkit.manual_plan(), gates=gates)
     return build(spec, Path.cwd(), BuildOptions(out, quiet=True),
-                 buildkit.copy_compile(built.artifact / "model.onnx"))
+                 {"static": buildkit.copy_compile(built.artifact / "model.onnx")})
 
 
 def test_failed_gate_publishes_nothing_and_keeps_old(tiny_dir: Path, built: Any,
@@ -117,7 +118,7 @@ def test_bad_manual_plan_is_a_diagnostic_before_any_work(tiny_dir: Path, tmp_pat
     spec = buildkit.make_spec(tiny_dir, plan=plan)
     with pytest.raises(CompileError) as exc:
         build(spec, Path.cwd(), BuildOptions(tmp_path / "o", quiet=True),
-              buildkit.reference_compile)
+              {"static": buildkit.reference_compile})
     assert exc.value.diagnostics[0].span.line == 12
     assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
 
@@ -125,9 +126,10 @@ def test_bad_manual_plan_is_a_diagnostic_before_any_work(tiny_dir: Path, tmp_pat
 def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
     """The spec's method runs through prunec.passes.methods (magnitude: no calibration)."""
     from prunec.compiler.ir import Scope, StaticMethod, StaticPrune, Target
-    from prunec.runtime.build import BuildContext, graph_compile, load_data, make_plan
+    from prunec.runtime.data import load_spec_data
     from prunec.runtime.evaluate import make_progress
     from prunec.runtime.models import load_model
+    from prunec.runtime.planning import PlanOptions, make_plan
 
     static = StaticPrune(StaticMethod.MAGNITUDE, Target(0.2, None, None, None, buildkit.SPAN),
                          None, None, None, (), False, Scope.PER_LAYER, buildkit.span(7))
@@ -135,9 +137,8 @@ def test_static_method_plan(tiny_dir: Path, tiny_tok: Any) -> None:
     spec = type(spec)(**{**spec.__dict__, "static": static})
     loaded = load_model(spec.model, Path.cwd())
     with make_progress(True) as progress:
-        ctx = BuildContext(spec, Path.cwd(), BuildOptions(quiet=True), progress, graph_compile,
-                           Path.cwd() / "out")
-        plan, result = make_plan(spec, loaded, load_data(spec, Path.cwd(), tiny_tok), ctx)
+        data = load_spec_data(spec, Path.cwd(), tiny_tok)
+        plan, result = make_plan(spec, loaded, data, PlanOptions(progress))
     assert plan.method == "magnitude" and result is not None
     assert plan.validate(loaded.shape) == []
     dense = param_count(loaded.shape, Plan.dense(loaded.shape))

@@ -12,7 +12,7 @@ from typing import Any
 import buildkit
 import pytest
 
-from prunec.runtime import build as driver
+from prunec.runtime import backends
 from prunec.runtime.cli import main
 
 SPEC = """\
@@ -52,14 +52,24 @@ def workspace(tiny_dir: Path, built: Any, tmp_path: Path,
     shutil.copy(buildkit.KJV_EVAL, tmp_path / "eval.txt")
     (tmp_path / "tiny.prune").write_text(SPEC.replace("RATIO", "10"))
     (tmp_path / "strict.prune").write_text(SPEC.replace("RATIO", "0.5"))
-    monkeypatch.setattr(driver, "graph_compile",
+    monkeypatch.setitem(backends.BACKENDS, "static",
                         buildkit.copy_compile(built.artifact / "model.onnx"))
     return tmp_path
 
 
-def test_commands_module_does_not_import_torch() -> None:
-    code = "import sys, prunec.runtime.commands; sys.exit('torch' in sys.modules)"
+def test_command_modules_do_not_import_torch() -> None:
+    code = ("import sys, prunec.runtime.cli; "
+            "assert len(prunec.runtime.cli.COMMANDS) == 8; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_every_command_is_registered_from_the_one_tuple() -> None:
+    from prunec.runtime.cli import COMMANDS, build_parser
+
+    names = [m.__name__.rsplit(".", 1)[1] for m in COMMANDS]
+    assert names == ["check", "fmt", "explain", "build", "eval", "plan", "run", "generate"]
+    help_text = build_parser().format_help()
+    assert all(n in help_text for n in names)
 
 
 def test_build_eval_plan_generate(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,3 +122,43 @@ def test_eval_artifact_needs_data(workspace: Path, built: Any,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(built.artifact)]) == 1
     assert "--data" in capsys.readouterr().err
+
+
+STATIC = """\
+name = "tiny-static"
+output = "art"
+model hf "model"
+
+dataset heldout text "eval.txt" {
+  samples = 4
+  seq_len = 32
+  slice = 0% .. 50%
+}
+
+prune magnitude {
+  target = 10%
+}
+
+evaluate = [heldout]
+"""
+
+
+def test_plan_show_touches_no_build_state(workspace: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan show` on a static spec resolves the plan and leaves the search state beside
+    the output directory (and everything else there) as it was."""
+    from prunec.compiler.outputs import output_dir, resume_path
+
+    spec_path = workspace / "static.prune"
+    spec_path.write_text(STATIC)
+    state = resume_path(workspace / "art")
+    state.write_text('{"precious": true}')
+    before = sorted(p.name for p in workspace.iterdir())
+    assert main(["plan", "show", str(spec_path), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "magnitude"
+    assert state.read_text() == '{"precious": true}'
+    assert sorted(p.name for p in workspace.iterdir()) == before
+    from prunec.compiler.driver import load_spec
+
+    spec, _ = load_spec(spec_path)
+    assert spec is not None and resume_path(output_dir(spec, workspace)) == state

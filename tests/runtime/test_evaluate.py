@@ -12,12 +12,12 @@ import buildkit
 import pytest
 import torch
 from test_session import lookup_model
+from tinymodels import tiny_llama
 
 from prunec.compiler.plan import Plan
-from prunec.passes.reference import apply_plan_, shape_of
-from prunec.passes.tiny import tiny_llama
+from prunec.passes.reference import apply_plan_, sequence_nll, shape_of
 from prunec.runtime.data import load_dataset
-from prunec.runtime.evaluate import onnx_logits, perplexity, sequence_nll, torch_logits
+from prunec.runtime.evaluate import onnx_logits, perplexity, torch_logits
 from prunec.runtime.session import open_session
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tinymodels import TinyConfig, random_plan, tiny_llama, torch_threads
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan, param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
-from prunec.passes.tiny import TinyConfig, random_plan, tiny_llama, torch_threads
 from prunec.runtime.export import ExportConfig, export_onnx
 
 SIZES = ((2, 1), (1, 2), (1, 19), (4, 7), (3, 64))
@@ -124,7 +124,7 @@ def test_output_bias_compensation_reaches_the_onnx_graph(tmp_path: Path) -> None
     from prunec.compiler.ir import Provider
     from prunec.passes.methods.types import LayerBias
     from prunec.passes.reference import apply_output_biases_
-    from prunec.runtime.build import CompileJob, graph_compile
+    from prunec.runtime.backends import CompileJob, graph_compile
 
     model = tiny_llama(3, TinyConfig(layers=3))
     shape = shape_of(model)
@@ -149,8 +149,7 @@ def test_output_bias_compensation_reaches_the_onnx_graph(tmp_path: Path) -> None
 def test_report_matrix_count_agrees_for_a_biased_model(tmp_path: Path) -> None:
     """report.json's ``expected_matrices`` (param_count less norms and, now that param_count
     counts them, the 1-D attention biases) equals the ONNX file's rank-2 initializers."""
-    from prunec.runtime.build import onnx_counts
-    from prunec.runtime.report import params_json
+    from prunec.runtime.report import onnx_counts, params_json
 
     model = tiny_llama(4, BIAS_UNTIED)
     shape = shape_of(model)

@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tinymodels import random_plan
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
 from prunec.compiler.plan import param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error
-from prunec.passes.tiny import random_plan
-from prunec.runtime.build import onnx_counts
 from prunec.runtime.export import ExportConfig, export_onnx
-from prunec.runtime.report import norm_params
+from prunec.runtime.report import norm_params, onnx_counts
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tinymodels import tiny_llama
 
 from prunec.compiler.plan import Plan
 from prunec.passes.reference import apply_plan_, shape_of
-from prunec.passes.tiny import tiny_llama
 from prunec.runtime.hf_export import export_hf, load_pruned_hf
 
 

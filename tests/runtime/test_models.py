@@ -12,6 +12,7 @@ import pytest
 
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import DType, ModelDecl, ModelSource
+from prunec.compiler.shape import ShapeProblem, shape_from_config_dict
 from prunec.runtime import models
 from prunec.runtime.models import (
     cache_entry_valid,
@@ -78,17 +79,28 @@ def test_unsupported_architecture(tiny_dir: Path, tmp_path: Path) -> None:
     assert error(exc)[0] == "P0303" and "gpt2" in error(exc)[1]
 
 
+SIZES = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 2,
+         "vocab_size": 256}
+
+
 @pytest.mark.parametrize("cfg, ok", [
     ({"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3}, True),
     ({"model_type": "qwen2", "num_attention_heads": 8, "num_key_value_heads": 2}, True),
     ({"model_type": "mistral", "num_attention_heads": 8}, True),
     ({"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 2}, False),
     ({"model_type": "bert", "num_attention_heads": 12}, False),
+    ({"model_type": "qwen3", "num_attention_heads": 8}, False),
     ({"model_type": "llama", "num_attention_heads": 8,
       "architectures": ["LlamaForSequenceClassification"]}, False),
 ])
 def test_config_problem(cfg: dict[str, object], ok: bool) -> None:
-    assert (config_problem(cfg) is None) == ok
+    """The loader's config rule is ``prunec check``'s (compiler.shape), problem and all."""
+    problem = config_problem({**SIZES, **cfg})
+    assert (problem is None) == ok
+    if problem is not None:
+        with pytest.raises(ShapeProblem) as exc:
+            shape_from_config_dict({**SIZES, **cfg}, "config.json")
+        assert exc.value == problem and problem.code == "P0303"
 
 
 def test_hub_offline_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

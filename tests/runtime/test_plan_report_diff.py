@@ -13,7 +13,7 @@ from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import SMOLLM2_135M
 from prunec.compiler.plan import Decision, LayerPlan, Plan
 from prunec.passes.methods.types import MethodResult, SearchStats, StepScore
-from prunec.runtime.plan_commands import diff_rows, load_plan, register_plan_commands
+from prunec.runtime.commands.plan import diff_rows, load_plan, register
 from prunec.runtime.plan_report import layer_fractions, write_plan_report
 
 SHAPE = SMOLLM2_135M
@@ -69,7 +69,7 @@ def test_plan_diff_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (tmp_path / "a.json").write_text(_plan().dumps())
     (tmp_path / "b.json").write_text(Plan.dense(SHAPE).dumps())
     parser = argparse.ArgumentParser()
-    register_plan_commands(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(["plan", "diff", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert args.handler(args) == 1
     out = capsys.readouterr().out
@@ -81,7 +81,7 @@ def test_plan_diff_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_plan_commands_module_does_not_import_torch() -> None:
     import subprocess
 
-    code = ("import sys, prunec.runtime.plan_commands; "
+    code = ("import sys, prunec.runtime.commands.plan; "
             "assert 'torch' not in sys.modules and 'rich' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

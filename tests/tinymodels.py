@@ -1,4 +1,8 @@
-"""Tiny random-initialised Llama models (with grouped-query attention) for tests and examples.
+"""Tiny random-initialised Llama models (with grouped-query attention) for tests and benchmarks.
+
+Test-only, not part of the shipped ``prunec`` package: tests import it as ``tinymodels``
+(``tests/`` is on pytest's path through ``tests/conftest.py``); bench scripts put ``tests/``
+on ``sys.path`` first.
 
 Deterministic for a given seed; float32; eval mode. Shapes are small enough that a forward
 pass takes milliseconds, yet keep every structural feature of SmolLM2 (GQA, tied or untied

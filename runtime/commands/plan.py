@@ -1,43 +1,80 @@
-"""``prunec plan diff A B``: two static plans side by side, one row per layer.
+"""``prunec plan show SPEC`` and ``prunec plan diff A B``: static plans.
 
-A and B are plan files (``Plan.to_json``: plan.json), plan locks (plan.lock.json, the plan
-under ``"plan"``) or artifact directories holding either (the lock is preferred). This
-module imports neither torch nor rich at import time; ``register_plan_commands`` adds the
-``plan`` command with its ``diff`` subcommand (``add_diff_parser`` adds only ``diff`` under an
-existing ``plan`` command). Exit status: 0 when the plans agree, 1 when they differ or a file
-cannot be read (a P0704 diagnostic).
+``show`` resolves the spec's static plan (manual plan or method, ``runtime.planning``)
+without exporting anything and without touching any build state (no search state is read,
+written or deleted). ``diff`` shows two plans side by side, one row per layer; A and B are
+plan files (``Plan.to_json``: plan.json), plan locks (plan.lock.json, the plan under
+``"plan"``) or artifact directories holding either (the lock is preferred); exit 0 when
+the plans agree, 1 when they differ or a file cannot be read (P0704).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.plan import LayerPlan, Plan
+from prunec.runtime.commands.common import add_common, load_spec_or_raise, with_signals
 
 PLAN_FILES = ("plan.lock.json", "plan.json")
 
 
-def register_plan_commands(subparsers: Any) -> None:
-    plan = subparsers.add_parser("plan", help="inspect static pruning plans")
-    add_diff_parser(plan.add_subparsers(dest="plan_command", metavar="SUBCOMMAND"))
-    plan.set_defaults(handler=lambda args: _usage(plan))
-
-
-def add_diff_parser(plan_subparsers: Any) -> None:
-    diff = plan_subparsers.add_parser("diff", help="show two plans side by side")
+def register(subparsers: Any) -> None:
+    plan = subparsers.add_parser("plan", help="static plans: show a spec's plan, diff two plans")
+    plan_sub = plan.add_subparsers(dest="plan_command", metavar="SUBCOMMAND")
+    p = plan_sub.add_parser("show", help="resolve and show a spec's static plan (no export)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--json", action="store_true", help="print plan.json")
+    p.add_argument("--lock", type=Path, metavar="FILE", help="apply this plan lock")
+    add_common(p)
+    p.set_defaults(handler=cmd_show)
+    diff = plan_sub.add_parser("diff", help="show two plans side by side")
     diff.add_argument("a", help="plan.json, plan.lock.json or an artifact directory")
     diff.add_argument("b", help="plan.json, plan.lock.json or an artifact directory")
     diff.add_argument("--all", action="store_true", help="show layers that agree too")
     diff.set_defaults(handler=run_diff)
+    plan.set_defaults(handler=lambda args: _usage(plan))
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
+    parser.print_help(sys.stderr)
     return 2
+
+
+# ------------------------------------------------------------------------ show
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return with_signals(lambda: _show(args))
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from prunec.runtime.data import load_spec_data
+    from prunec.runtime.evaluate import make_progress
+    from prunec.runtime.models import load_model
+    from prunec.runtime.planning import PlanOptions, make_plan
+    from prunec.runtime.report import render_plan
+
+    spec = load_spec_or_raise(args.spec)
+    loaded = load_model(spec.model, args.spec.parent)
+    with make_progress(args.quiet) as progress:
+        data = load_spec_data(spec, args.spec.parent, loaded.tokenizer)
+        options = PlanOptions(progress, args.lock, args.batch_size, state=None)
+        plan, _ = make_plan(spec, loaded, data, options)
+    if args.json:
+        print(plan.dumps())
+    else:
+        render_plan(plan, loaded.shape, Console())
+    return 0
+
+
+# ------------------------------------------------------------------------ diff
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -1,0 +1,112 @@
+"""The compile backends of ``prunec build``: a plan and a loaded model -> an ONNX file.
+
+``BACKENDS`` is the one table the build looks its backend up in: ``"static"`` is
+``graph_compile`` (torch.fx passes of ``prunec.passes.pipeline``, then
+``runtime.export.export_onnx``); ``"gated"`` is ``gated_compile`` (the static plan applied to
+the module with ``passes.reference``, H calibrated on the history dataset, then
+``runtime.gated.export_gated_onnx``, which verifies the graph with ``check_static_gating``).
+The build uses ``"gated"`` exactly when the spec's ``export onnx`` has ``gating`` on. Tests
+swap a backend by passing ``build(..., backends={"static": fn})`` or by replacing an entry
+of ``BACKENDS``. A backend must not modify ``CompileJob.model`` and returns JSON data for
+``report.json``'s ``compile``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunec.compiler.diagnostics import Span
+from prunec.compiler.ir import ModelShape
+from prunec.compiler.plan import Plan
+from prunec.runtime.jsonio import jsonable
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """What the compiler backend turns into ``path`` (an ONNX file)."""
+
+    model: Any  # the loaded (dense) nn.Module; backends must not modify it
+    plan: Plan
+    shape: ModelShape
+    path: Path
+    opset: int
+    span: Span  # the spec's model line, for diagnostics about the model
+    probe: Any = None  # ProbePolicy when the ONNX graph carries probe gating
+    history_data: Any = None  # LongTensor [N, T]: initialises the probe history H
+    max_len: int = 0  # longest sequence the gated graph supports (``export onnx`` max_len)
+    biases: Any = None  # {layer: LayerBias}: FLAP's output-bias compensation, or None
+    fuse: bool = False  # onnxruntime fused kernels in the static graph (``export.fuse``)
+
+
+CompileFn = Callable[[CompileJob], dict[str, Any]]
+
+
+def graph_compile(job: CompileJob) -> dict[str, Any]:
+    """The static backend: torch.fx passes (``prunec.passes.pipeline``) then ONNX export."""
+    from prunec.passes.pipeline import prune_graph
+    from prunec.runtime.export import ExportConfig, export_onnx
+
+    graph, pass_report = prune_graph(with_biases(job.model, job.biases), job.plan, job.shape,
+                                     job.span)
+    info = export_onnx(graph, job.path, config=ExportConfig(opset=job.opset, fuse=job.fuse))
+    export = {k: v for k, v in jsonable(info).items() if k != "path"}
+    return {"passes": jsonable(pass_report), "export": export}
+
+
+def gated_compile(job: CompileJob) -> dict[str, Any]:
+    """Probe gating: the static plan applied to the module (``passes.reference``), H
+    calibrated on the history dataset, then ``runtime.gated.export_gated_onnx``."""
+    from prunec.passes.probe import calibrate_history
+    from prunec.passes.reference import apply_plan_
+    from prunec.runtime.gated import export_gated_onnx
+
+    model = job.model
+    if job.plan != Plan.dense(job.shape, job.plan.method):
+        model = apply_plan_(copy.deepcopy(job.model), job.plan, job.shape)
+    model = with_biases(model, job.biases, copied=model is not job.model)
+    history = calibrate_history(model, job.shape, job.probe, job.history_data, job.max_len)
+    info = export_gated_onnx(model, job.shape, job.probe, history, job.path, opset=job.opset)
+    return {"gated": {k: v for k, v in jsonable(info).items() if not k.endswith("_path")}}
+
+
+def with_biases(model: Any, biases: Any, copied: bool = False) -> Any:
+    """``model`` with FLAP's output biases added to o_proj / down_proj (a copy unless
+    ``copied``; the bias is on the output side, so width passes leave it whole)."""
+    if not biases:
+        return model
+    from prunec.passes.reference import apply_output_biases_
+
+    return apply_output_biases_(model if copied else copy.deepcopy(model), biases)
+
+
+BACKENDS: dict[str, CompileFn] = {"static": graph_compile, "gated": gated_compile}
+
+
+def backend_for(gating: bool, overrides: dict[str, CompileFn] | None = None) -> CompileFn:
+    """The backend of an ``export onnx`` (``overrides`` first, then ``BACKENDS``)."""
+    key = "gated" if gating else "static"
+    return {**BACKENDS, **(overrides or {})}[key]
+
+
+@contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence the exporter's chatter (torchvision notices, deprecation warnings) for users;
+    errors still raise."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)

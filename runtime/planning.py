@@ -1,0 +1,113 @@
+"""The static plan of a spec: its manual plan, its static method's result, or dense.
+
+``make_plan(spec, loaded, data, options)`` picks the plan's source from the spec (a
+``plan { ... }`` block, else a ``prune METHOD`` block, else none) and looks its planner up in
+``PLANNERS``, a plain table; the methods themselves are ``prunec.passes.methods``
+(``compute_plan``). A manual plan is resolved with weight-magnitude importance
+(``compiler.manual``). A method result's plan is validated against the model; an invalid
+plan is a prunec bug (``RuntimeError``), not a user error.
+
+Planning never touches build state on disk: a search writes its progress to
+``PlanOptions.state`` only when the caller gives one (the build does, beside the artifact;
+``prunec plan show`` does not), and never deletes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunec.compiler.ir import Spec
+from prunec.compiler.plan import Plan
+from prunec.runtime.jsonio import jsonable
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    progress: Any = None  # a rich Progress the method draws its tasks on, or None
+    lock: Path | None = None  # --lock plan.lock.json: apply a locked plan, no search
+    batch_size: int = 4  # calibration sequences per forward pass
+    state: Path | None = None  # where a search saves (and resumes) its state; None: nowhere
+
+
+Planned = tuple[Plan, Any]  # (the plan, the method's MethodResult or None)
+Planner = Callable[[Spec, Any, dict[str, Any], PlanOptions], Planned]
+
+
+def plan_source(spec: Spec) -> str:
+    """"manual", "method" or "dense": the spec block the plan comes from."""
+    if spec.plan is not None:
+        return "manual"
+    return "method" if spec.static is not None else "dense"
+
+
+def make_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOptions) -> Planned:
+    """The plan (and the method's result, if a method ran); see the module docstring."""
+    return PLANNERS[plan_source(spec)](spec, loaded, data, options)
+
+
+def manual_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOptions) -> Planned:
+    from prunec.compiler.manual import resolve_manual_plan
+    from prunec.passes.methods.importance import magnitude_importance
+
+    assert spec.plan is not None
+    importance = magnitude_importance(loaded.model, loaded.shape)
+    return resolve_manual_plan(spec.plan, loaded.shape, importance), None
+
+
+def dense_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOptions) -> Planned:
+    return Plan.dense(loaded.shape), None
+
+
+def method_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOptions) -> Planned:
+    """Run ``prunec.passes.methods.compute_plan`` (or apply the lock)."""
+    from prunec.passes.methods import MethodOptions, compute_plan
+    from prunec.passes.methods.lock import read_lock, spec_hash
+
+    static = spec.static
+    assert static is not None
+    lock = read_lock(options.lock, static.span) if options.lock is not None else None
+    state = None if lock is not None or options.state is None else str(options.state)
+    progress = method_progress(options.progress) if options.progress is not None else None
+    method_options = MethodOptions(progress=progress, lock=lock, spec_hash=spec_hash(spec),
+                                   batch_size=options.batch_size, resume_path=state)
+    calib = data.get(static.score_dataset) if static.score_dataset else None
+    result = compute_plan(static, loaded.model, loaded.shape, calib, method_options)
+    problems = result.plan.validate(loaded.shape)
+    if problems:
+        raise RuntimeError(f"method {static.method.value} produced an invalid plan: "
+                           + "; ".join(problems))
+    return result.plan, result
+
+
+PLANNERS: dict[str, Planner] = {"manual": manual_plan, "method": method_plan,
+                                "dense": dense_plan}
+
+
+def method_progress(progress: Any) -> Any:
+    """A ``MethodOptions.progress`` callback drawing each task on our rich Progress."""
+    tasks: dict[str, Any] = {}
+
+    def update(event: Any) -> None:
+        if event.task not in tasks:
+            tasks[event.task] = progress.add_task(event.task, total=event.total)
+        label = event.task if event.score is None else f"{event.task} (ppl {event.score:.3f})"
+        progress.update(tasks[event.task], completed=event.done, total=event.total,
+                        description=label)
+
+    return update
+
+
+def method_json(result: Any) -> dict[str, Any]:
+    """``report.json``'s ``method_info`` ({} when no method ran)."""
+    if result is None:
+        return {}
+    return {"from_lock": bool(result.from_lock), "stats": jsonable(result.stats),
+            "biased_layers": sorted(int(k) for k in result.biases)}
+
+
+def method_biases(result: Any) -> Any:
+    """The method's output-bias compensation ({layer: LayerBias}), or None."""
+    return getattr(result, "biases", None) or None
