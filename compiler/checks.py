@@ -366,6 +366,25 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
     if p.round_to > shape.intermediate:
         yield _err("P0216", f"round {p.round_to} exceeds the MLP width {shape.intermediate}",
                    p.span)
+    yield from _probe_model(ctx)
+
+
+def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
+    """What the gated forward cannot express (decided from config.json): an MLP activation
+    other than SiLU, or an attention window narrower than the graph's ``max_len``."""
+    p, shape, export = ctx.spec.probe, ctx.shape, ctx.spec.onnx_export()
+    if p is None or shape is None:
+        return
+    if shape.mlp_act != "silu":
+        yield _err("P0226", f"probe gating needs a SiLU MLP; this model's is {shape.mlp_act}",
+                   p.span, "prune it with a static method instead")
+    max_len = export.max_len if export is not None and export.gating else None
+    if max_len is not None and shape.sliding_window is not None and (
+            shape.sliding_window < max_len):
+        yield _err("P0226", f"the model attends over a sliding window of "
+                   f"{shape.sliding_window} tokens, shorter than the gated graph's max_len "
+                   f"{max_len}", export.span if export is not None else p.span,
+                   f"set max_len = {shape.sliding_window} or less in export onnx")
 
 
 # ------------------------------------------------------------------ exports, gates

@@ -70,6 +70,7 @@ CODES: dict[str, str] = {
     "P0223": "the spec's name is not a plain name (it names the output directory)",
     "P0224": "an export name is not a plain name inside the artifact, or is the artifact's own",
     "P0225": "a dataset's seq_len is longer than the gated graph's max_len",
+    "P0226": "the model's MLP or attention is one probe gating cannot express",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",

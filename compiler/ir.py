@@ -370,6 +370,8 @@ class ModelShape:
     tied_embeddings: bool
     qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2; Llama attention_bias)
     o_bias: bool = False  # o_proj carries a bias (Llama / Mistral attention_bias)
+    mlp_act: str = "silu"  # the MLP's activation (config ``hidden_act``)
+    sliding_window: int | None = None  # the narrowest attention window of any layer; None: full
 
     @property
     def group_size(self) -> int:

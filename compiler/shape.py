@@ -110,6 +110,7 @@ def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
         head_dim=positive_int(c, "head_dim", where, derived_head_dim(hidden, heads, where)),
         vocab=positive_int(c, "vocab_size", where),
         tied_embeddings=config_bool(c, "tie_word_embeddings", where), qkv_bias=qkv, o_bias=o,
+        mlp_act=activation(c, where), sliding_window=attention_window(arch, c, where),
     ), where)
 
 
@@ -148,6 +149,29 @@ def config_bool(c: Mapping[str, Any], key: str, where: str) -> bool:
     if value is not None and not isinstance(value, bool):
         raise ShapeProblem("P0303", f"{where}: {key} must be true or false, not {_show(value)}")
     return bool(value)
+
+
+def activation(c: Mapping[str, Any], where: str) -> str:
+    """The MLP activation (``hidden_act``; SiLU when absent, as in transformers)."""
+    value = c.get("hidden_act", "silu")
+    if not isinstance(value, str) or not value:
+        raise ShapeProblem("P0303", f"{where}: hidden_act must be a name, not {_show(value)}")
+    return value
+
+
+def attention_window(model_type: str, c: Mapping[str, Any], where: str) -> int | None:
+    """The narrowest sliding attention window of any layer, as transformers reads it:
+    Mistral's ``sliding_window``; Qwen2's only with ``use_sliding_window`` (and layers at
+    ``max_window_layers`` or above); Llama has none. None means full causal attention."""
+    if model_type == "qwen2":
+        windowed = config_bool(c, "use_sliding_window", where) and (
+            positive_int(c, "max_window_layers", where, 1 << 30) <
+            positive_int(c, "num_hidden_layers", where))
+    else:
+        windowed = model_type == "mistral"
+    if not windowed or c.get("sliding_window") is None:
+        return None
+    return positive_int(c, "sliding_window", where)
 
 
 def derived_head_dim(hidden: int, heads: int, where: str) -> int:

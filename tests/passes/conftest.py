@@ -15,8 +15,9 @@ def captured(request: pytest.FixtureRequest) -> Captured:
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny forwards run single-threaded here (restored after each test)."""
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny forwards run single-threaded (restored after each test); the graph-pass modules
+    use it for every test (``pytestmark``)."""
     with torch_threads(1):
         yield

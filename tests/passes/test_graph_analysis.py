@@ -12,6 +12,8 @@ from prunec.compiler.ir import ModelShape
 from prunec.passes.analysis import analyze, get_tensor
 from prunec.passes.capture import capture
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_every_layer_has_both_blocks(captured: Captured) -> None:
     gm = captured.graph()

@@ -8,6 +8,8 @@ from graphkit import Captured
 
 from prunec.passes.reference import reference_logits, relative_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize(("batch", "seq"), [(1, 2), (3, 7), (2, 40)])
 def test_captured_graph_matches_model(captured: Captured, batch: int, seq: int) -> None:

@@ -22,6 +22,8 @@ from prunec.passes.infra import FunctionPass, PassContext, PassError, PassManage
 from prunec.passes.pipeline import PIPELINE, run_pipeline
 from prunec.passes.reference import reference_logits, relative_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZES = ((1, 5), (3, 11), (2, 33))
 
 

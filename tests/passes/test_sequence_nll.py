@@ -9,6 +9,8 @@ from tinymodels import tiny_llama
 from prunec.passes.methods.evaluator import head_nll
 from prunec.passes.reference import sequence_nll
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_log_softmax_runs_in_float32_whatever_the_logits_dtype() -> None:
     torch.manual_seed(0)

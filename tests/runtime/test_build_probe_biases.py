@@ -1,7 +1,7 @@
 """`prunec build` of a probe spec on a Llama with ``attention_bias`` (q/k/v and o_proj biases).
 
 It used to end in exit 3 (the gated path refused biases); the gated model's exactness on
-biased models is tested against HF's modules in tests/probe/test_probe_biases.py. Here: the
+biased models is tested against HF's modules in tests/passes/probe/test_probe_biases.py. Here: the
 whole command exits 0, writes the gated artifact, and its biases are in the ONNX graph.
 """
 
