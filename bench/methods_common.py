@@ -35,7 +35,7 @@ from prunec.compiler.ir import (
 )
 from prunec.passes.methods import MethodResult
 from prunec.passes.methods.evaluator import head_nll
-from prunec.passes.reference import apply_output_biases_, apply_plan_
+from prunec.passes.reference import apply_plan_, apply_refit_
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = ROOT / "specs"
@@ -70,8 +70,8 @@ def perplexity(model: Any, result: MethodResult | None, shape: Any, ids: torch.T
                batch: int = 8) -> float:
     pruned = model
     if result is not None:
-        pruned = apply_output_biases_(apply_plan_(copy.deepcopy(model), result.plan, shape),
-                                      result.biases)
+        pruned = apply_refit_(apply_plan_(copy.deepcopy(model), result.plan, shape),
+                              result.refit, result.plan, shape)
     nll = [head_nll(pruned, pruned.model(ids[s:s + batch], use_cache=False).last_hidden_state,
                     ids[s:s + batch]) for s in range(0, ids.shape[0], batch)]
     return math.exp(float(torch.cat(nll).mean()))

@@ -8,7 +8,15 @@ apply_plan_, FLAP biases included). BlockPruner's greedy path does not depend on
 its plan is snapshotted when each ratio is crossed. Rows are appended to the JSON as they
 finish (a long run can be read while it goes). Prints a table at the end.
 
+Reconstruction (issue 14): every width method's plan is computed once (the search scores
+without reconstruction) and then evaluated under each ``--settings`` value (off, bias,
+least-squares; ``refit_s`` is the time the setting adds) on each ``--protocols`` value:
+``in-domain`` (specs/data/kjv-eval.txt) and ``out-of-domain`` (specs/data/licenses.txt),
+both calibrated on kjv-calib.txt. BlockPruner has no width cut: ``off`` only.
+
     python bench/search_quality.py --methods magnitude wanda-sp flap multipruner blockpruner
+    python bench/search_quality.py --methods wanda-sp --ratios 0.2 --settings off \
+        least-squares --protocols in-domain --eval 4x128 --out /tmp/smoke.json   # smoke
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +33,12 @@ import torch
 from methods_common import load_demo, perplexity, static, tokens, write_json
 
 from prunec.compiler import budget
-from prunec.compiler.ir import StaticMethod, WidthImportance
+from prunec.compiler.ir import DEFAULT_DAMP, Reconstruct, StaticMethod, WidthImportance
 from prunec.compiler.plan import Plan
 from prunec.passes.methods import MethodOptions, MethodResult, compute_plan
+from prunec.passes.methods.reconstruct import reconstruct, with_setting
+
+PROTOCOLS = {"in-domain": "kjv-eval.txt", "out-of-domain": "licenses.txt"}
 
 
 def parse() -> argparse.Namespace:
@@ -37,6 +49,10 @@ def parse() -> argparse.Namespace:
                                                      "blockpruner"])
     p.add_argument("--calib", default="2x64", help="samples x seq_len for calibration")
     p.add_argument("--eval", default="16x128", help="samples x seq_len held out")
+    p.add_argument("--settings", nargs="+", default=[r.value for r in Reconstruct],
+                   choices=[r.value for r in Reconstruct])
+    p.add_argument("--damp", type=float, default=DEFAULT_DAMP)
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--mlp-step", type=int, default=384)
     p.add_argument("--distribution", default="30:70:0")
     p.add_argument("--threads", type=int, default=1,
@@ -69,14 +85,22 @@ def main() -> None:
     run_on = machine.start()
     lm = load_demo()
     calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
-    held = tokens(lm.tokenizer, "kjv-eval.txt", *map(int, args.eval.split("x")))
+    held = {p: tokens(lm.tokenizer, PROTOCOLS[p], *map(int, args.eval.split("x")))
+            for p in args.protocols}
     dist = tuple(float(x) / 100 for x in args.distribution.split(":"))
     out = Path(args.out)
     report: dict[str, Any] = {"machine": run_on.entry(), "args": vars(args), "rows": []}
 
     def record(method: str, ratio: float, result: MethodResult | None) -> None:
-        row = {"method": method, "ratio": ratio,
-               "heldout_ppl": perplexity(lm.model, result, lm.shape, held)}
+        for setting in settings_for(method, result, args.settings):
+            refitted, refit_s = refit(lm, calib, result, setting, args.damp)
+            for protocol, ids in held.items():
+                write_row(method, ratio, refitted, setting, refit_s, protocol, ids)
+
+    def write_row(method: str, ratio: float, result: MethodResult | None, setting: str,
+                  refit_s: float, protocol: str, ids: torch.Tensor) -> None:
+        row = {"method": method, "ratio": ratio, "setting": setting, "protocol": protocol,
+               "refit_s": refit_s, "heldout_ppl": perplexity(lm.model, result, lm.shape, ids)}
         if result is not None:
             s = result.stats
             row.update(params=budget.dense_params(lm.shape)
@@ -101,9 +125,29 @@ def main() -> None:
                 continue
             st = static(StaticMethod(method.removesuffix("-wanda")), ratio, args.mlp_step, dist,
                         WidthImportance.WANDA_SP if method.endswith("-wanda") else None)
+            st = replace(st, reconstruct=Reconstruct.OFF)  # settings are applied by record
             record(method, ratio, compute_plan(st, lm.model, lm.shape, calib,
                                                MethodOptions(progress=log_step)))
     print_table(report["rows"])
+
+
+def settings_for(method: str, result: MethodResult | None, wanted: list[str]) -> list[str]:
+    """The settings a row is evaluated under: none for dense, off for BlockPruner."""
+    if result is None or method == "blockpruner":
+        return ["off"]
+    return wanted
+
+
+def refit(lm: Any, calib: torch.Tensor, result: MethodResult | None, setting: str,
+          damp: float) -> tuple[MethodResult | None, float]:
+    """``result`` with the reconstruction ``setting`` (and the seconds it took)."""
+    if result is None:
+        return None, 0.0
+    start = time.perf_counter()
+    kind = Reconstruct(setting)
+    refits = reconstruct(kind, damp, lm.model, lm.shape, result.plan, calib, MethodOptions())
+    plan = with_setting(result.plan, kind, damp)
+    return replace(result, plan=plan, refit=refits), time.perf_counter() - start
 
 
 def blockpruner_snapshots(lm: Any, calib: torch.Tensor, ratios: list[float],
@@ -179,14 +223,19 @@ def log_step(event: Any) -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """One table per protocol; a row per method and setting (older rows: in-domain, off)."""
     ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    print(f"{'method':<12}" + "".join(f"{f'{r:.0%}':>12}" for r in ratios))
-    for m in methods:
-        cells = {r["ratio"]: r["heldout_ppl"] for r in rows if r["method"] == m}
-        print(f"{m:<12}" + "".join(f"{cells[r]:>12.2f}" if r in cells else f"{'-':>12}"
-                                   for r in ratios) + (f"  (dense {cells[0.0]:.2f})"
-                                                       if 0.0 in cells else ""))
+    for protocol in dict.fromkeys(r.get("protocol", "in-domain") for r in rows):
+        print(f"[{protocol}]")
+        mine = [r for r in rows if r.get("protocol", "in-domain") == protocol]
+        print(f"{'method':<32}" + "".join(f"{f'{r:.0%}':>12}" for r in ratios))
+        for key in dict.fromkeys((r["method"], r.get("setting", "off")) for r in mine):
+            cells = {r["ratio"]: r["heldout_ppl"] for r in mine
+                     if (r["method"], r.get("setting", "off")) == key}
+            name = key[0] if key[0] == "dense" else f"{key[0]} ({key[1]})"
+            print(f"{name:<32}" + "".join(f"{cells[r]:>12.2f}" if r in cells else f"{'-':>12}"
+                                          for r in ratios)
+                  + (f"  (dense {cells[0.0]:.2f})" if 0.0 in cells else ""))
 
 
 if __name__ == "__main__":

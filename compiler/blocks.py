@@ -20,18 +20,23 @@ from prunec.compiler import names
 from prunec.compiler import syntax as sx
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import (
+    DEFAULT_DAMP,
     DEFAULT_MAX_LEN,
     DataFormat,
     DatasetDecl,
     Distribution,
     DType,
+    ExportDType,
     LayerSelector,
+    ManualPlan,
     OnnxExport,
+    PlanAction,
     ProbeMetric,
     ProbeMode,
     ProbePolicy,
     ProbeTarget,
     Provider,
+    Reconstruct,
     Scope,
     SelectorKind,
     SliceRange,
@@ -149,8 +154,14 @@ REORDER = Key("reorder", sx.boolean, True, "on")
 IMPORTANCE = Key[WidthImportance | None]("importance", _enum(WidthImportance), None,
                                          "magnitude", applies=("multipruner",))
 SCOPE = Key("scope", _enum(Scope), Scope.PER_LAYER, "per-layer")
+_REFIT = ("multipruner", "magnitude", "wanda-sp", "flap")
+RECONSTRUCT = Key[Reconstruct | None](
+    "reconstruct", _enum(Reconstruct), None, "off (bias for flap)", applies=_REFIT,
+    hint="blockpruner removes whole blocks: no projection is left to refit")
+DAMP = Key("damp", sx.fraction, DEFAULT_DAMP, str(DEFAULT_DAMP), applies=_REFIT)
 PRUNE = Schema("prune", (TARGET, DISTRIBUTION, STEPS, SCORE, PROTECT, REORDER, IMPORTANCE,
-                         SCOPE))
+                         SCOPE, RECONSTRUCT, DAMP))
+PLAN = Schema("plan", (SCORE, RECONSTRUCT, DAMP))
 
 RATIO = Key[float | None]("ratio", sx.fraction, None)
 TARGETS = Key[tuple[ProbeTarget, ...]]("targets", _words(ProbeTarget), (ProbeTarget.MLP, ProbeTarget.HEADS),
@@ -173,10 +184,12 @@ GATING = Key("gating", sx.boolean, False)  # derived: on when the spec has a pro
 PROVIDERS = Key[tuple[Provider, ...]]("providers", _words(Provider), (Provider.CUDA, Provider.CPU), "[cuda, cpu]")
 FUSE = Key("fuse", sx.boolean, False)  # derived: on unless gated
 MAX_LEN = Key("max_len", sx.integer, DEFAULT_MAX_LEN, str(DEFAULT_MAX_LEN))
-ONNX = Schema("export onnx", (OPSET, GATING, PROVIDERS, FUSE, MAX_LEN))
+KV_CACHE = Key("kv_cache", sx.boolean, True, "on")
+EXPORT_DTYPE = Key("dtype", _enum(ExportDType), ExportDType.FLOAT32, "float32")
+ONNX = Schema("export onnx", (OPSET, GATING, PROVIDERS, FUSE, MAX_LEN, KV_CACHE, EXPORT_DTYPE))
 HF = Schema("export hf", ())
 
-SCHEMAS = (MODEL, DATASET, PRUNE, TARGET_GROUP, STEPS_GROUP, PROBE, ONNX, HF)
+SCHEMAS = (MODEL, DATASET, PRUNE, TARGET_GROUP, STEPS_GROUP, PLAN, PROBE, ONNX, HF)
 
 
 # ------------------------------------------------------------------------ datasets
@@ -212,7 +225,8 @@ def prune_block(method: StaticMethod | None, f: Fields, sink: list[Diagnostic]
     if target is None or method is None:
         return None
     return StaticPrune(method, target, f.get(DISTRIBUTION, sink), steps, f.get(SCORE, sink),
-                       f.get(PROTECT, sink), reorder, f.get(SCOPE, sink), f.span, importance)
+                       f.get(PROTECT, sink), reorder, f.get(SCOPE, sink), f.span, importance,
+                       f.get(RECONSTRUCT, sink), f.get(DAMP, sink))
 
 
 def _target(f: Fields, method: StaticMethod | None, sink: list[Diagnostic]) -> Target | None:
@@ -245,6 +259,13 @@ def _steps(group: sx.Group | None, sink: list[Diagnostic]) -> Steps | None:
     return Steps(g.get(STEP_MLP, sink), g.get(STEP_HEADS, sink), group.span)
 
 
+def plan_settings(actions: tuple[PlanAction, ...], f: Fields, sink: list[Diagnostic]
+                  ) -> ManualPlan:
+    """A manual ``plan { ... }``: its actions and its ``score``/``reconstruct``/``damp``."""
+    return ManualPlan(actions, f.span, f.get(RECONSTRUCT, sink) or Reconstruct.OFF,
+                      f.get(DAMP, sink), f.get(SCORE, sink))
+
+
 # ------------------------------------------------------------------------- probe
 
 
@@ -272,7 +293,8 @@ def onnx_block(file: str, f: Fields, sink: list[Diagnostic]) -> OnnxExport:
     """An ``export onnx`` block; gating and fuse are settled by lowering (whole spec)."""
     return OnnxExport(file=file, opset=f.get(OPSET, sink), gating=f.get(GATING, sink),
                       providers=f.get(PROVIDERS, sink), span=f.span, fuse=f.get(FUSE, sink),
-                      max_len=f.get(MAX_LEN, sink))
+                      max_len=f.get(MAX_LEN, sink), kv_cache=f.get(KV_CACHE, sink),
+                      dtype=f.get(EXPORT_DTYPE, sink))
 
 
 IMPLICIT_PROVIDERS = (Provider.CPU,)  # what the build always used for a spec without export
@@ -282,4 +304,5 @@ def implicit_onnx(span: Span) -> OnnxExport:
     """The export a spec gets when it names none: the block's defaults, CPU only."""
     return OnnxExport(file=names.DEFAULT_ONNX_FILE, opset=OPSET.default, gating=GATING.default,
                       providers=IMPLICIT_PROVIDERS, span=span, fuse=FUSE.default,
-                      max_len=MAX_LEN.default)
+                      max_len=MAX_LEN.default, kv_cache=KV_CACHE.default,
+                      dtype=EXPORT_DTYPE.default)

@@ -36,6 +36,7 @@ from prunec.compiler.ir import (
     ParamsGate,
     PerplexityGate,
     ProbeMetric,
+    Reconstruct,
     RemoveBlock,
     SelectorKind,
     SliceRange,
@@ -73,8 +74,9 @@ def _err(code: str, msg: str, span: Span, hint: str | None = None) -> Diagnostic
 def dataset_refs(ctx: Context) -> Iterator[tuple[str, Span, str]]:
     """(name, span, role) of every dataset reference in the spec."""
     s = ctx.spec
-    if s.static and s.static.score_dataset:
-        yield s.static.score_dataset, s.static.span, "score"
+    score = s.score_dataset()
+    if score:
+        yield score, (s.static or s.plan or s).span, "score"
     if s.probe and s.probe.history_dataset:
         yield s.probe.history_dataset, s.probe.span, "history"
     for name in s.evaluate:
@@ -126,7 +128,8 @@ def history_dataset(spec: Spec) -> str | None:
 
 
 def calibration_names(spec: Spec) -> set[str]:
-    names = {spec.static.score_dataset} if spec.static and spec.static.score_dataset else set()
+    score = spec.score_dataset()
+    names = {score} if score else set()
     history = history_dataset(spec)
     return names | {history} if history else names
 
@@ -251,6 +254,47 @@ def check_protect_all(ctx: Context) -> Iterator[Diagnostic]:
     if s is not None and shape is not None and s.protect and len(
             resolved(s.protect, shape.n_layers)) >= shape.n_layers:
         yield _err("P0219", "every layer is protected: nothing can be pruned", s.span)
+
+
+def check_reconstruct(ctx: Context) -> Iterator[Diagnostic]:
+    """``reconstruct`` needs calibration data (P0212) and a width cut to compensate (P0211);
+    least-squares with ``damp = 0`` needs more calibration tokens than the widest kept
+    input (P0228: the Gram matrix would be singular; any damp > 0 makes the ridge
+    well-posed, and a singular Gram at build time falls back to minimum-norm lstsq)."""
+    spec = ctx.spec
+    owner = spec.static or spec.plan
+    setting = (spec.static.reconstruction if spec.static else
+               spec.plan.reconstruct if spec.plan else Reconstruct.OFF)
+    if owner is None or setting is Reconstruct.OFF:
+        return
+    score = spec.score_dataset()
+    if score is None and not (spec.static and spec.static.method in NEEDS_DATA):
+        yield _err("P0212", f"reconstruct = {setting.value} needs a calibration dataset",
+                   owner.span, f"add score = <dataset> to the {_block(spec)} block")
+    if spec.plan is not None and not any(isinstance(a, (KeepChannels, KeepHeads))
+                                         for a in spec.plan.actions):
+        yield _err("P0211", "reconstruct applies to width cuts (keep ... in ...); this plan "
+                   "only removes blocks", spec.plan.span, "drop reconstruct")
+    yield from _gram_rank(ctx, setting, owner.damp, score, owner.span)
+
+
+def _block(spec: Spec) -> str:
+    return "prune" if spec.static else "plan"
+
+
+def _gram_rank(ctx: Context, setting: Reconstruct, damp: float, score: str | None,
+               span: Span) -> Iterator[Diagnostic]:
+    known = {d.name: d for d in ctx.spec.datasets}
+    if setting is not Reconstruct.LEAST_SQUARES or damp > 0 or ctx.shape is None:
+        return
+    if score not in known:
+        return
+    d, shape = known[score], ctx.shape
+    tokens, width = d.samples * d.seq_len, max(shape.intermediate, shape.n_heads * shape.head_dim)
+    if tokens <= width:
+        yield _err("P0228", f"least-squares with damp = 0 needs more than {width} calibration "
+                   f"tokens; {score} has {tokens} ({d.samples} x {d.seq_len})", span,
+                   "give damp > 0 (the ridge handles a rank-deficient Gram) or more samples")
 
 
 # -------------------------------------------------------------------- manual plan
@@ -472,6 +516,7 @@ CHECKS: tuple[Check, ...] = (
     check_overlap,
     check_selectors,
     check_static_options,
+    check_reconstruct,
     check_steps,
     check_protect_all,
     check_plan_actions,

@@ -71,6 +71,7 @@ CODES: dict[str, str] = {
     "P0224": "an export name is not a plain name inside the artifact, or is the artifact's own",
     "P0225": "a dataset's seq_len is longer than the gated graph's max_len",
     "P0226": "the model's MLP or attention is one probe gating cannot express",
+    "P0228": "least-squares reconstruction with damp = 0 has fewer calibration tokens than kept inputs",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",
@@ -83,6 +84,7 @@ CODES: dict[str, str] = {
     "P0404": "an artifact directory is unusable (no model, several models, unreadable files)",
     "P0405": "a quality gate failed",
     "P0406": "the output directory (or a build file beside it) exists and is not prunec's, unchanged",
+    "P0407": "a generation request the artifact cannot serve (an empty prompt, one that fills the context, --chat without a chat template)",
     # graph capture and passes (passes/)
     "P0501": "the model is not a Llama-style decoder prunec can prune",
     "P0502": "a decoder layer lacks an expected linear projection",

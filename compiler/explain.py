@@ -30,8 +30,10 @@ from prunec.compiler.ir import (
     ParamsGate,
     PerplexityGate,
     ProbePolicy,
+    Reconstruct,
     RemoveBlock,
     Spec,
+    StaticMethod,
     StaticPrune,
 )
 from prunec.compiler.outputs import output_dir
@@ -58,9 +60,11 @@ def explain(spec: Spec, shape: ModelShape, spec_dir: Path) -> Explanation:
     if spec.static:
         rows += _static_rows(spec.static, shape)
         steps.append(_static_words(spec.static, shape))
+        steps += _refit_words(spec.static.reconstruction, spec.static.damp)
     if spec.plan:
         rows += _plan_rows(spec.plan, shape)
         steps.append(f"Apply the manual plan ({len(spec.plan.actions)} actions).")
+        steps += _refit_words(spec.plan.reconstruct, spec.plan.damp)
     if spec.probe:
         rows += _probe_rows(spec.probe, shape, history_dataset(spec))
         steps.append(_probe_words(spec.probe, shape))
@@ -138,6 +142,8 @@ def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
                      if s.reorder else "off"))]
     rows += [Row("static", "score on", s.score_dataset or "(weights only)"),
              Row("static", "protect", _layers(resolved(s.protect, shape.n_layers)))]
+    if s.method is not StaticMethod.BLOCKPRUNER:
+        rows.append(Row("static", "refit", _refit(s.reconstruction, s.damp)))
     goal = budget.params_goal(s, shape)
     if goal is not None:
         dense = budget.dense_params(shape)
@@ -202,7 +208,27 @@ def _plan_rows(manual: ManualPlan, shape: ModelShape) -> list[Row]:
     rows = [Row("plan", f"line {a.span.line}", _action_words(a, shape)) for a in manual.actions]
     rows.append(Row("plan", "parameters", f"{_count(dense)} -> {_count(after)} "
                     f"(-{(dense - after) / dense:.1%})"))
+    if manual.reconstruct is not Reconstruct.OFF:
+        rows.append(Row("plan", "refit", _refit(manual.reconstruct, manual.damp)
+                        + f", on {manual.score_dataset}"))
     return rows
+
+
+def _refit(setting: Reconstruct, damp: float) -> str:
+    return f"{setting.value} (damp {damp:g})" if setting is Reconstruct.LEAST_SQUARES \
+        else setting.value
+
+
+def _refit_words(setting: Reconstruct, damp: float) -> list[str]:
+    """The build step a reconstruction adds (none for ``off``)."""
+    if setting is Reconstruct.OFF:
+        return []
+    if setting is Reconstruct.BIAS:
+        return [("Fold the cut units' mean calibration contribution into o_proj / down_proj "
+                 "biases (reconstruct = bias).")]
+    return [("Refit the kept o_proj / down_proj columns and a bias by ridge regression on "
+             "calibration activations, layer by layer (reconstruct = least-squares, damp "
+             f"{damp:g}).")]
 
 
 def _action_words(a: object, shape: ModelShape) -> str:
@@ -266,8 +292,10 @@ def _export_row(e: object) -> Row:
     if isinstance(e, OnnxExport):
         prov = ", ".join(p.value for p in e.providers)
         gating = f"on (max_len {e.max_len})" if e.gating else "off"
+        static = "" if e.gating else (f", kv_cache {'on' if e.kv_cache else 'off'}, "
+                                      f"dtype {e.dtype.value}")
         return Row("export", "onnx", f"{e.file}, opset {e.opset}, gating {gating}, "
-                   f"fuse {'on' if e.fuse else 'off'}, providers [{prov}]")
+                   f"fuse {'on' if e.fuse else 'off'}{static}, providers [{prov}]")
     return Row("export", "hf", getattr(e, "directory", ""))
 
 

@@ -38,6 +38,13 @@ class DType(enum.Enum):
     BFLOAT16 = "bfloat16"
 
 
+class ExportDType(enum.Enum):
+    """Weights and KV cache of a static ONNX graph (its logits are float32 either way)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
 @dataclass(frozen=True)
 class ModelDecl:
     source: ModelSource
@@ -137,6 +144,17 @@ class Scope(enum.Enum):
     GLOBAL = "global"
 
 
+class Reconstruct(enum.Enum):
+    """How the kept columns of o_proj / down_proj compensate for cut units (issue 14)."""
+
+    OFF = "off"  # nothing: the cut units just vanish
+    BIAS = "bias"  # the cut units' mean contribution on calibration data, as an output bias
+    LEAST_SQUARES = "least-squares"  # ridge refit of the kept columns + a bias, layer by layer
+
+
+DEFAULT_DAMP = 0.1  # least-squares ridge, relative to the mean diagonal of the Gram matrix
+
+
 @dataclass(frozen=True)
 class Target:
     """What to remove. Either ``params`` (a fraction of ALL parameters, embeddings included)
@@ -180,6 +198,16 @@ class StaticPrune:
     scope: Scope
     span: Span
     importance: WidthImportance | None = None  # multipruner reorder criterion; None = magnitude
+    reconstruct: Reconstruct | None = None  # None: the method's default (``reconstruction``)
+    damp: float = DEFAULT_DAMP  # least-squares ridge (relative); [0, 1]
+
+    @property
+    def reconstruction(self) -> Reconstruct:
+        """The reconstruction that runs: as given, else ``bias`` for flap (FLAP's own
+        compensation) and ``off`` for every other method."""
+        if self.reconstruct is not None:
+            return self.reconstruct
+        return Reconstruct.BIAS if self.method is StaticMethod.FLAP else Reconstruct.OFF
 
 
 class BlockKind(enum.Enum):
@@ -221,6 +249,9 @@ PlanAction = RemoveBlock | KeepChannels | KeepHeads
 class ManualPlan:
     actions: tuple[PlanAction, ...]
     span: Span
+    reconstruct: Reconstruct = Reconstruct.OFF  # needs ``score`` unless off
+    damp: float = DEFAULT_DAMP
+    score_dataset: str | None = None  # calibration data for the reconstruction
 
 
 # ------------------------------------------------------------------ dynamic probing
@@ -307,6 +338,8 @@ class OnnxExport:
     span: Span
     fuse: bool = False  # onnxruntime fused kernels (lowering: on unless gating, see lower.py)
     max_len: int = DEFAULT_MAX_LEN  # longest sequence the gated graph supports (its history)
+    kv_cache: bool = True  # static graphs: KV-cache inputs/outputs (runtime/export.py)
+    dtype: ExportDType = ExportDType.FLOAT32  # static graphs: weights and cache
 
 
 @dataclass(frozen=True)
@@ -341,6 +374,12 @@ class Spec:
             if d.name == name:
                 return d
         raise KeyError(name)
+
+    def score_dataset(self) -> str | None:
+        """The calibration dataset of the static plan: the prune block's or the plan's."""
+        if self.static is not None:
+            return self.static.score_dataset
+        return self.plan.score_dataset if self.plan is not None else None
 
     def onnx_export(self) -> OnnxExport | None:
         """The ONNX export (lowering adds the implicit one: never None for a checked spec)."""

@@ -196,8 +196,14 @@ class Lower(Transformer[Token, Any]):
         return bl.onnx_block(file, f, self.sink)
 
     # --------------------------------------------------------------------- plan
-    def plan(self, meta: Meta, c: list[PlanAction | None]) -> ManualPlan:
-        return ManualPlan(tuple(a for a in c if a is not None), self.span(meta))
+    def plan_setting(self, meta: Meta, c: list[Any]) -> sx.Attr:
+        return self.attr(meta, c)
+
+    def plan(self, meta: Meta, c: list[PlanAction | sx.Attr | None]) -> ManualPlan:
+        attrs = tuple(a for a in c if isinstance(a, sx.Attr))
+        actions = tuple(a for a in c if a is not None and not isinstance(a, sx.Attr))
+        f = fields(attrs, bl.PLAN, "the plan block", None, self.span(meta), self.sink)
+        return bl.plan_settings(actions, f, self.sink)
 
     def remove(self, meta: Meta, c: list[Any]) -> RemoveBlock | None:
         sel, what = c

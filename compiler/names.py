@@ -20,19 +20,26 @@ import re
 DEFAULT_ONNX_FILE = "model.onnx"
 DEFAULT_HF_DIR = "hf"
 MARKER = ".prunec-artifact.json"  # written last by the runtime: this directory is prunec's
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config (runtime.genai); one per artifact
 ARTIFACT_FILES = frozenset({
     "plan.json", "plan.lock.json", "report.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "plan-report.png", "plan-report.html", "model.gating.json",
-    "model.history.npz", MARKER,
+    "model.history.npz", "model.kv.json", GENAI_CONFIG, MARKER,
 })
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def onnx_sidecars(file: str) -> tuple[str, ...]:
-    """What the exporters write beside ``file``: external data, and for a gated graph its
-    initial history and manifest (``model.onnx.data``, ``model.history.npz``, ...)."""
+    """What the exporters write beside ``file``: external data, for a gated graph its
+    initial history and manifest (``model.onnx.data``, ``model.history.npz``, ...), for a
+    static one its KV-cache manifest (``model.kv.json``)."""
     stem = file.removesuffix(".onnx")
-    return file + ".data", stem + ".history.npz", stem + ".gating.json"
+    return file + ".data", stem + ".history.npz", stem + ".gating.json", kv_manifest_file(file)
+
+
+def kv_manifest_file(file: str) -> str:
+    """The KV-cache manifest's name beside the ONNX ``file`` (``model.kv.json``)."""
+    return file.removesuffix(".onnx") + ".kv.json"
 
 
 def name_problem(name: str) -> str | None:

@@ -54,6 +54,8 @@ class Plan:
     layers: tuple[LayerPlan, ...]
     method: str = "dense"
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
+    reconstruct: str = "off"  # the reconstruction applied after it (``ir.Reconstruct`` value)
+    damp: float | None = None  # its ridge, for least-squares
 
     @staticmethod
     def dense(shape: ModelShape, method: str = "dense") -> Plan:
@@ -77,11 +79,14 @@ class Plan:
         return problems
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "method": self.method,
             "layers": [asdict(lp) for lp in self.layers],
             "decisions": [asdict(d) for d in self.decisions],
         }
+        if self.reconstruct != "off":
+            out["reconstruct"] = {"setting": self.reconstruct, "damp": self.damp}
+        return out
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Plan:
@@ -96,7 +101,10 @@ class Plan:
             for d in data["layers"]
         )
         decisions = tuple(Decision(**d) for d in data.get("decisions", []))
-        return Plan(layers, str(data.get("method", "dense")), decisions)
+        refit = data.get("reconstruct") or {"setting": "off", "damp": None}
+        damp = None if refit.get("damp") is None else float(refit["damp"])
+        return Plan(layers, str(data.get("method", "dense")), decisions,
+                    str(refit["setting"]), damp)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, sort_keys=True)

@@ -34,8 +34,8 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@dataclass(frozen=True)
-class ShapeProblem(Exception):
+@dataclass
+class ShapeProblem(Exception):  # not frozen: raising sets __traceback__ on the instance
     code: str
     message: str
     hint: str | None = None
@@ -160,18 +160,25 @@ def activation(c: Mapping[str, Any], where: str) -> str:
 
 
 def attention_window(model_type: str, c: Mapping[str, Any], where: str) -> int | None:
-    """The narrowest sliding attention window of any layer, as transformers reads it:
-    Mistral's ``sliding_window``; Qwen2's only with ``use_sliding_window`` (and layers at
-    ``max_window_layers`` or above); Llama has none. None means full causal attention."""
-    if model_type == "qwen2":
-        windowed = config_bool(c, "use_sliding_window", where) and (
-            positive_int(c, "max_window_layers", where, 1 << 30) <
-            positive_int(c, "num_hidden_layers", where))
-    else:
-        windowed = model_type == "mistral"
-    if not windowed or c.get("sliding_window") is None:
+    """The narrowest sliding attention window of any layer, as transformers reads it: the
+    config's ``layer_types`` when given (any ``sliding_attention``), else Qwen2's
+    ``use_sliding_window`` for layers from ``max_window_layers`` on, else Mistral's
+    ``sliding_window``; Llama has none. None means full causal attention everywhere."""
+    if model_type == "llama" or c.get("sliding_window") is None:
         return None
-    return positive_int(c, "sliding_window", where)
+    layer_types = c.get("layer_types")
+    if isinstance(layer_types, list):
+        windowed = "sliding_attention" in layer_types
+    elif model_type == "qwen2":
+        first = c.get("max_window_layers", 0)
+        if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+            raise ShapeProblem("P0303", f"{where}: max_window_layers must be a non-negative "
+                               f"integer, not {_show(first)}")
+        windowed = config_bool(c, "use_sliding_window", where) and (
+            first < positive_int(c, "num_hidden_layers", where))
+    else:
+        windowed = True
+    return positive_int(c, "sliding_window", where) if windowed else None
 
 
 def derived_head_dim(hidden: int, heads: int, where: str) -> int:

@@ -193,7 +193,7 @@ ERROR_EXAMPLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "P0015": (
         "malformed plan action",
         ("actions are `remove layers[i].mlp|attn`, `keep N channels|heads in layers[i]` or "
-         "`keep channels|heads [0, 1] in layers[i]`"),
+         "`keep channels|heads [0, 1] in layers[i]`; settings are `key = value`"),
         ("plan { remove }", "plan { remove layers }", "plan { remove layers[1] }",
          "plan { remove layers[1]. }", "plan { keep }", "plan { keep 3 }",
          "plan { keep 3 heads }", "plan { keep 3 heads in }", "plan { keep heads }",

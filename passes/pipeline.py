@@ -5,10 +5,13 @@
 2. keep_channels        slice gate/up rows and down columns to the kept MLP channels
 3. keep_heads           slice q rows / o columns (and k/v rows of whole dropped KV groups)
 4. fix_head_shapes      rewrite repeat_kv's n_kv / n_rep / head-count constants
-5. eliminate_dead_code  drop the nodes removed blocks left behind
-6. drop_unused_weights  drop the weights no node reads any more
+5. drop_cache_outputs   (cache graphs) drop the present key/value of layers without attention
+6. eliminate_dead_code  drop the nodes removed blocks left behind
+7. drop_cache_inputs    (cache graphs) drop their past key/value inputs
+8. drop_unused_weights  drop the weights no node reads any more
 ``prune_graph`` then re-exports the pruned GraphModule with ``torch.export`` (dynamic batch
-and seq), which re-derives every shape: a missed constant fails here, not at runtime.
+and seq; for cache graphs also past length, with example past tensors of the kept KV
+heads), which re-derives every shape: a missed constant fails here, not at runtime.
 The input model is not modified (the passes replace attributes of the captured module).
 """
 
@@ -22,7 +25,14 @@ from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import Plan
 from prunec.passes.analysis import analyze
-from prunec.passes.capture import DEFAULT_CAPTURE, CaptureConfig, capture, reexport
+from prunec.passes.cache_io import DROP_CACHE_INPUTS, DROP_CACHE_OUTPUTS, cache_layout
+from prunec.passes.capture import (
+    DEFAULT_CAPTURE,
+    CaptureConfig,
+    cache_examples,
+    capture,
+    reexport,
+)
 from prunec.passes.dead_code import DROP_UNUSED_WEIGHTS, ELIMINATE_DEAD_CODE
 from prunec.passes.fix_shapes import FIX_HEAD_SHAPES
 from prunec.passes.infra import GraphPass, PassContext, PassManager, PassReport
@@ -35,7 +45,9 @@ PIPELINE: tuple[GraphPass, ...] = (
     KEEP_CHANNELS,
     KEEP_HEADS,
     FIX_HEAD_SHAPES,
+    DROP_CACHE_OUTPUTS,
     ELIMINATE_DEAD_CODE,
+    DROP_CACHE_INPUTS,
     DROP_UNUSED_WEIGHTS,
 )
 
@@ -66,4 +78,8 @@ def prune_graph(model: nn.Module, plan: Plan, shape: ModelShape, span: Span | No
     """
     check_plan(plan, shape, span)
     gm, report = run_pipeline(capture(model, config), plan, shape, span)
-    return reexport(gm, config), report
+    if not config.kv_cache:
+        return reexport(gm, config), report
+    dtype = next(model.parameters()).dtype
+    past = cache_examples(config, cache_layout(plan, shape).shapes(), dtype)
+    return reexport(gm, config, past), report

@@ -157,21 +157,44 @@ def add_output_bias_(linear: nn.Linear, bias: torch.Tensor) -> None:
     linear.bias = nn.Parameter(old + add, requires_grad=False)
 
 
-def apply_output_biases_(model: M, biases: Mapping[int, Any]) -> M:
-    """Add FLAP-style compensation biases after ``apply_plan_``, in place; returns ``model``.
+def set_kept_columns_(linear: nn.Linear, cols: torch.Tensor, weight: torch.Tensor) -> None:
+    """Put ``weight`` [out, len(cols)] in ``linear``'s kept columns, in place: the whole
+    weight when the linear is already cut to ``cols``, else columns ``cols`` of its dense
+    weight (a width pass cuts the others later)."""
+    new = weight.detach().to(dtype=linear.weight.dtype, device=linear.weight.device)
+    if linear.in_features != len(cols):
+        full = linear.weight.detach().clone()
+        full[:, cols] = new
+        new = full
+    linear.weight = nn.Parameter(new.clone(), requires_grad=False)
 
-    ``biases`` maps a layer index to an object with ``mlp`` and ``attn`` tensors (or None) of
-    shape ``[hidden]`` (``prunec.passes.methods.LayerBias``): ``mlp`` is added to down_proj's
-    output, ``attn`` to o_proj's. A removed block takes no bias.
-    """
+
+def refit_layer_(layer: Any, refit: Any, lp: LayerPlan, shape: ModelShape) -> None:
+    """Apply one layer's reconstruction (``LayerRefit``) for the plan ``lp``, in place; a
+    removed block takes none (its projection is gone)."""
+    o_proj = getattr(layer.self_attn, "o_proj", None)
+    down_proj = getattr(layer.mlp, "down_proj", None)
+    if isinstance(o_proj, nn.Linear) and lp.kept_heads is not None:
+        if refit.attn_weight is not None:
+            set_kept_columns_(o_proj, head_rows(lp.kept_heads, shape.head_dim),
+                              refit.attn_weight)
+        if refit.attn is not None:
+            add_output_bias_(o_proj, refit.attn)
+    if isinstance(down_proj, nn.Linear) and lp.kept_channels is not None:
+        if refit.mlp_weight is not None:
+            set_kept_columns_(down_proj, torch.tensor(lp.kept_channels, dtype=torch.long),
+                              refit.mlp_weight)
+        if refit.mlp is not None:
+            add_output_bias_(down_proj, refit.mlp)
+
+
+def apply_refit_(model: M, refit: Mapping[int, Any], plan: Plan, shape: ModelShape) -> M:
+    """Apply a method's reconstruction (``{layer: LayerRefit}``, ``passes.methods.
+    reconstruct``) for ``plan``, in place; returns ``model``. Works before or after
+    ``apply_plan_``: biases are added to o_proj's / down_proj's output, refit weights go
+    into the kept columns (``set_kept_columns_``)."""
     layers = decoder_layers(model)
     with torch.no_grad():
-        for index, bias in biases.items():
-            layer: Any = layers[index]
-            if bias.mlp is not None and isinstance(getattr(layer.mlp, "down_proj", None),
-                                                   nn.Linear):
-                add_output_bias_(layer.mlp.down_proj, bias.mlp)
-            if bias.attn is not None and isinstance(getattr(layer.self_attn, "o_proj", None),
-                                                    nn.Linear):
-                add_output_bias_(layer.self_attn.o_proj, bias.attn)
+        for index, layer_refit in refit.items():
+            refit_layer_(layers[index], layer_refit, plan.layers[index], shape)
     return model

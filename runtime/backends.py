@@ -39,8 +39,10 @@ class CompileJob:
     probe: Any = None  # ProbePolicy when the ONNX graph carries probe gating
     history_data: Any = None  # LongTensor [N, T]: initialises the probe history H
     max_len: int = 0  # longest sequence the gated graph supports (``export onnx`` max_len)
-    biases: Any = None  # {layer: LayerBias}: FLAP's output-bias compensation, or None
+    refit: Any = None  # {layer: LayerRefit}: the reconstruction (``reconstruct``), or None
     fuse: bool = False  # onnxruntime fused kernels in the static graph (``export.fuse``)
+    kv_cache: bool = False  # static graph with KV-cache inputs/outputs (``export.kv_cache``)
+    dtype: str = "float32"  # static graph's weights and cache (``export.dtype``)
 
 
 CompileFn = Callable[[CompileJob], dict[str, Any]]
@@ -48,14 +50,31 @@ CompileFn = Callable[[CompileJob], dict[str, Any]]
 
 def graph_compile(job: CompileJob) -> dict[str, Any]:
     """The static backend: torch.fx passes (``prunec.passes.pipeline``) then ONNX export."""
+    from prunec.passes.cache_io import cache_layout
+    from prunec.passes.capture import CACHE_CAPTURE, DEFAULT_CAPTURE
     from prunec.passes.pipeline import prune_graph
-    from prunec.runtime.export import ExportConfig, export_onnx
+    from prunec.runtime.export import ExportConfig, export_onnx, write_kv_manifest
 
-    graph, pass_report = prune_graph(with_biases(job.model, job.biases), job.plan, job.shape,
-                                     job.span)
-    info = export_onnx(graph, job.path, config=ExportConfig(opset=job.opset, fuse=job.fuse))
+    refitted = with_refit(job)
+    model = in_dtype(refitted, job.dtype, copied=refitted is not job.model)
+    capture = CACHE_CAPTURE if job.kv_cache else DEFAULT_CAPTURE
+    graph, pass_report = prune_graph(model, job.plan, job.shape, job.span, capture)
+    cache = cache_layout(job.plan, job.shape) if job.kv_cache else None
+    info = export_onnx(graph, job.path,
+                       config=ExportConfig(opset=job.opset, fuse=job.fuse, cache=cache))
+    if cache is not None:
+        write_kv_manifest(job.path, cache, model)
     export = {k: v for k, v in jsonable(info).items() if k != "path"}
     return {"passes": jsonable(pass_report), "export": export}
+
+
+def in_dtype(model: Any, dtype: str, copied: bool = False) -> Any:
+    """``model`` with weights in ``dtype`` (a copy unless ``copied``; itself for float32)."""
+    if dtype == "float32":
+        return model
+    import torch
+
+    return (model if copied else copy.deepcopy(model)).to(getattr(torch, dtype))
 
 
 def gated_compile(job: CompileJob) -> dict[str, Any]:
@@ -68,20 +87,23 @@ def gated_compile(job: CompileJob) -> dict[str, Any]:
     model = job.model
     if job.plan != Plan.dense(job.shape, job.plan.method):
         model = apply_plan_(copy.deepcopy(job.model), job.plan, job.shape)
-    model = with_biases(model, job.biases, copied=model is not job.model)
+    model = with_refit(job, model, copied=model is not job.model)
     history = calibrate_history(model, job.shape, job.probe, job.history_data, job.max_len)
     info = export_gated_onnx(model, job.shape, job.probe, history, job.path, opset=job.opset)
     return {"gated": {k: v for k, v in jsonable(info).items() if not k.endswith("_path")}}
 
 
-def with_biases(model: Any, biases: Any, copied: bool = False) -> Any:
-    """``model`` with FLAP's output biases added to o_proj / down_proj (a copy unless
-    ``copied``; the bias is on the output side, so width passes leave it whole)."""
-    if not biases:
+def with_refit(job: CompileJob, model: Any = None, copied: bool = False) -> Any:
+    """``model`` (default ``job.model``) with the job's reconstruction applied (a copy
+    unless ``copied``): biases on o_proj / down_proj's output side, refit weights in their
+    kept columns, so the width passes keep exactly them (``passes.reference.apply_refit_``)."""
+    model = job.model if model is None else model
+    if not job.refit:
         return model
-    from prunec.passes.reference import apply_output_biases_
+    from prunec.passes.reference import apply_refit_
 
-    return apply_output_biases_(model if copied else copy.deepcopy(model), biases)
+    return apply_refit_(model if copied else copy.deepcopy(model), job.refit, job.plan,
+                        job.shape)
 
 
 BACKENDS: dict[str, CompileFn] = {"static": graph_compile, "gated": gated_compile}

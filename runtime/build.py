@@ -45,8 +45,8 @@ from prunec.runtime.artifact import (
 )
 from prunec.runtime.backends import CompileFn, CompileJob, backend_for, quiet_torch
 from prunec.runtime.jsonio import write_json
-from prunec.runtime.planning import PlanOptions, make_plan, method_biases, method_json
-from prunec.runtime.report import BuildReport, DatasetResult, Outcome, assemble, bias_notes
+from prunec.runtime.planning import PlanOptions, make_plan, method_json, method_refit
+from prunec.runtime.report import BuildReport, DatasetResult, Outcome, assemble, refit_notes
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,15 @@ def _run(ctx: BuildContext, start: float) -> BuildResult:
     artifact = ArtifactDir(ctx.out, Span.unknown(spec.file))
     with artifact as tmp:
         checkpoint("artifact-open")
-        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp, method_biases(method))
+        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp, method_refit(method))
         report = dataclasses.replace(report, method_info=method_json(method),
-                                     notes=report.notes + bias_notes(spec, method_biases(method)))
+                                     notes=report.notes + refit_notes(plan, method_refit(method)))
         with t.stage("write"):
             from prunec.runtime.artifact_files import write_artifact_files
 
-            write_artifact_files(spec, loaded, plan, method, tmp)
+            genai = write_artifact_files(spec, loaded, plan, method, tmp)
         t.stages["total"] = time.perf_counter() - start
-        data_json = dataclasses.replace(report, timings=dict(t.stages)).to_json()
+        data_json = dataclasses.replace(report, timings=dict(t.stages), genai=genai).to_json()
         write_json(tmp / "report.json", data_json)
         checkpoint("report-written")
         if not data_json["passed"]:
@@ -185,14 +185,15 @@ def evaluate_all(names: tuple[str, ...], data: dict[str, Any], logits_fn: Any,
 
 
 def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
-                       dense: dict[str, Any], tmp: Path, biases: Any) -> BuildReport:
+                       dense: dict[str, Any], tmp: Path, refit: Any) -> BuildReport:
     from prunec.runtime.session import artifact_runner
 
     spec, t, export = ctx.spec, ctx.timings, onnx_export(ctx.spec)
     onnx_path = tmp / export.file
     job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
-                     export.max_len, biases, export.fuse)
+                     export.max_len, refit, export.fuse, export.kv_cache,
+                     export.dtype.value)
     with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), quiet_torch():
         compiled = backend_for(export.gating, ctx.backends)(job)
     with t.stage("evaluate_pruned"):

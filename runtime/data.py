@@ -187,7 +187,7 @@ def load_dataset(decl: DatasetDecl, spec_dir: Path, tokenizer: Any) -> Any:
 def needed_datasets(spec: Spec) -> tuple[str, ...]:
     """The datasets a build reads: evaluated, the method's score set, the probe history's."""
     names = list(spec.eval_datasets())
-    extra = [spec.static.score_dataset if spec.static else None, history_dataset(spec)]
+    extra = [spec.score_dataset(), history_dataset(spec)]
     names += [n for n in extra if n and n not in names]
     return tuple(names)
 

@@ -10,7 +10,9 @@ sequence is a full ``seq_len`` chunk (see ``prunec.runtime.data``).
 
 Both backends go through ``perplexity(logits_fn, data)``: the PyTorch path calls the module
 under ``torch.no_grad``; the ONNX path feeds ``input_ids`` (int64 [batch, seq]) to the
-session and reads ``logits``, then scores with the very same torch code.
+session (a KV-cache graph also gets a full attention_mask, positions and empty pasts: past
+length 0 gives the same logits) and reads ``logits``, then scores with the very same torch
+code.
 
 Progress bars go to stderr and are shown only on a terminal and without ``--quiet``.
 """
@@ -74,15 +76,35 @@ def torch_logits(model: Any) -> LogitsFn:
 
 
 def onnx_logits(session: Any) -> LogitsFn:
-    """Logits of an ONNX causal LM session (input ``input_ids``, output ``logits``)."""
+    """Logits of an ONNX causal LM session (input ``input_ids``, output ``logits``). A
+    KV-cache graph runs at past 0 with a full ``attention_mask`` (``prefill_feeds``)."""
     output = "logits" if "logits" in [o.name for o in session.get_outputs()] else None
+    inputs = session.get_inputs()
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run([output] if output else None,
-                                {"input_ids": batch.numpy().astype("int64")})[:1]
+        (logits,) = session.run([output] if output else None, prefill_feeds(inputs, batch))[:1]
         return torch.from_numpy(logits)
 
     return run
+
+
+def prefill_feeds(inputs: Any, batch: torch.Tensor) -> dict[str, Any]:
+    """The feeds of one whole-sequence call: ``input_ids``, and for a cache graph (see
+    ``runtime.export``) an all-ones mask, positions 0..seq-1 and empty pasts."""
+    import numpy as np
+
+    ids = batch.numpy().astype("int64")
+    feeds: dict[str, Any] = {"input_ids": ids}
+    b, s = ids.shape
+    for arg in inputs:
+        if arg.name == "attention_mask":
+            feeds[arg.name] = np.ones((b, s), dtype=np.int64)
+        elif arg.name == "position_ids":
+            feeds[arg.name] = np.broadcast_to(np.arange(s, dtype=np.int64), (b, s)).copy()
+        elif arg.name.startswith("past_key_values."):
+            dtype = np.float16 if arg.type == "tensor(float16)" else np.float32
+            feeds[arg.name] = np.zeros((b, arg.shape[1], 0, arg.shape[3]), dtype=dtype)
+    return feeds
 
 
 def make_progress(quiet: bool = False) -> Any:

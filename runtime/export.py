@@ -1,12 +1,36 @@
-"""ONNX export of a (pruned) captured causal LM: ``input_ids`` -> ``logits``.
+"""ONNX export of a (pruned) captured causal LM, with or without a KV cache.
 
-Contract of the written file:
-- one input ``input_ids`` int64 [batch, seq] and one output ``logits`` float32
-  [batch, seq, vocab]; batch and seq are symbolic (the exported program's torch.export
-  Dims become ONNX dim_params), so one file serves every batch size and length;
+Contract of the written file, with the KV cache (``export onnx { kv_cache = on }``, the
+default for static graphs; the onnxruntime-genai / Hugging Face Optimum convention):
+- inputs ``input_ids`` int64 [batch, seq], ``attention_mask`` int64 [batch, total]
+  (total = past + seq; 0 marks left padding), ``position_ids`` int64 [batch, seq], and for
+  every layer ``i`` whose attention the plan keeps (``i`` is the ORIGINAL layer index),
+  ``past_key_values.{i}.key`` / ``.value`` [batch, kv_heads_i, past, head_dim];
+- outputs ``logits`` float32 [batch, seq, vocab] and ``present.{i}.key`` / ``.value``
+  [batch, kv_heads_i, past + seq, head_dim] (the past with this call's keys appended);
+- kv_heads_i (the KV groups the plan keeps in layer i) and head_dim are static ints in the
+  graph; batch, seq, past and total are dim_params ``batch``, ``seq``, ``past``, ``total``;
+  layers whose attention was removed have no cache inputs or outputs;
+- prefill is past = 0 (past tensors with a 0-length axis 2); each decode step feeds the
+  presents back as the next pasts, the mask grown by one column and position_ids =
+  the position of the new token (for a left-padded row: count of its mask's ones - 1);
+- cache and weights are float16 with ``dtype = float16`` (logits stay float32);
+- ``model.kv.json`` beside the file (``write_kv_manifest``; the ONNX file's stem +
+  ``.kv.json``) is what a runtime needs: ``format`` ("prunec-kv/1"), ``onnx``, ``inputs``,
+  ``outputs``, ``layers`` (original indices), ``kv_heads`` (a list aligned with
+  ``layers``), ``head_dim``, ``dtype`` (of the cache), ``num_hidden_layers``,
+  ``num_attention_heads``, ``num_key_value_heads`` (dense), ``hidden_size``,
+  ``vocab_size``, ``context_length`` (the config's max_position_embeddings),
+  ``bos_token_id``, ``eos_token_id`` (int or list), ``pad_token_id`` (null when unset).
+
+Without the cache (``kv_cache = off``): one input ``input_ids`` int64 [batch, seq] and one
+output ``logits`` float32 [batch, seq, vocab]; batch and seq are symbolic.
+
+Both:
 - weights are embedded (one self-contained .onnx) when they fit in protobuf's 2 GB limit;
   otherwise they go to ``<name>.onnx.data`` next to it and ``ExportInfo.external_data`` says
-  so. SmolLM2-135M is ~540 MB in float32, so it is embedded;
+  so (``needs_external_data``, the one rule every exporter uses). SmolLM2-135M is ~540 MB
+  in float32, so it is embedded;
 - tied embeddings stay one initializer: the exported program has one tensor for
   ``embed_tokens`` and ``lm_head`` and the exporter reads it twice (Gather, and MatMul
   after a Transpose that onnxruntime folds at session creation, in memory only).
@@ -30,22 +54,34 @@ ONNX. ``onnx.checker`` does not know these ops, so a fused file is checked by on
 loading it. On SmolLM2 fusion takes ~14 s and removes ~1,000 of ~2,600 nodes; the work it
 removes does not shrink with pruning, so fused graphs get closer to the FLOPs bound
 (``bench/static_latency.py``). Logits agree with the unfused graph within ~2e-5 relative.
+On a KV-cache graph the same fusions apply, and attention becomes MultiHeadAttention over
+the concatenated keys/values: the cache's Concat stays a plain op outside the kernel, since
+``optimize_for_ort`` (onnxscript 0.7.2) did not rewrite this graph's attention into
+GroupQueryAttention or MultiHeadAttention with past_key/past_value inputs (tiny Llama,
+measured: ``sdpa_via_mha`` on every kept layer, no ``gqa``); the fused cache graph gives
+the same greedy tokens (tested in ``tests/runtime/test_export_kv.py``).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 import torch
 from onnx_ir.passes import common
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
+from prunec.passes.cache_io import CacheLayout
 from prunec.passes.capture import DEFAULT_CAPTURE, example_input, reexport
+from prunec.runtime.generate import kv_manifest_path  # the reader's rule for the name
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under 2 GiB for the graph itself
 
@@ -56,6 +92,8 @@ class ExportConfig:
     optimize: bool = True
     check_onnxruntime: bool = True
     fuse: bool = False  # onnxruntime contrib-op fusions (see the module docstring)
+    cache: CacheLayout | None = None  # the KV-cache graph's layout (None: input_ids -> logits)
+    external_limit: int = PROTOBUF_LIMIT  # weights of this many bytes go to external data
 
 
 @dataclass(frozen=True)
@@ -79,16 +117,119 @@ def _weight_bytes(ep: ExportedProgram) -> int:
     return sum(t.numel() * t.element_size() for t in ep.state_dict.values())
 
 
+def needs_external_data(weight_bytes: int, limit: int = PROTOBUF_LIMIT) -> bool:
+    """Whether weights of ``weight_bytes`` must go to a ``.data`` file (every exporter's rule;
+    ``limit`` is a parameter so tests can lower it)."""
+    return weight_bytes >= limit
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, limit: int = PROTOBUF_LIMIT) -> bool:
+    """Save ``model`` (weights loaded) to ``path``, its weights in ``<name>.data`` beside it
+    when they reach ``limit`` bytes (``needs_external_data``); True when they went there."""
+    size = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+               for t in model.graph.initializer)
+    external = needs_external_data(size, limit)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location=data.name, size_threshold=0)
+    return external
+
+
+CACHE_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def past_names(cache: CacheLayout) -> list[str]:
+    return [f"past_key_values.{c.layer}.{kv}" for c in cache.layers for kv in ("key", "value")]
+
+
+def present_names(cache: CacheLayout) -> list[str]:
+    return [f"present.{c.layer}.{kv}" for c in cache.layers for kv in ("key", "value")]
+
+
+def io_names(cache: CacheLayout | None) -> tuple[list[str], list[str]]:
+    """The graph's input and output names (see the module docstring)."""
+    if cache is None:
+        return ["input_ids"], ["logits"]
+    return [*CACHE_INPUTS, *past_names(cache)], ["logits", *present_names(cache)]
+
+
 def to_onnx_program(ep: ExportedProgram, config: ExportConfig) -> torch.onnx.ONNXProgram:
     """Translate with the dynamo exporter; clean up with onnx-ir passes if asked."""
+    inputs, outputs = io_names(config.cache)
+    args = ep.example_inputs[0] if config.cache else (example_input(DEFAULT_CAPTURE),)
     program = torch.onnx.export(
-        ep, (example_input(DEFAULT_CAPTURE),), dynamo=True, opset_version=config.opset,
-        input_names=["input_ids"], output_names=["logits"], optimize=False, verbose=False,
+        ep, args, dynamo=True, opset_version=config.opset,
+        input_names=inputs, output_names=outputs, optimize=False, verbose=False,
     )
     assert program is not None
+    if config.cache is not None:
+        name_cache_dims(program.model)
     if config.optimize:
         cleanup(program.model)
     return program
+
+
+def name_cache_dims(model: ir.Model) -> None:
+    """Call the symbolic dims of a cache graph's inputs batch, seq, total and past, in the
+    graph's inputs and outputs (presents: ``past + seq``)."""
+    ins = {v.name: v for v in model.graph.inputs}
+    names = {}
+    for input_name, axis, name in (("input_ids", 0, "batch"), ("input_ids", 1, "seq"),
+                                   ("attention_mask", 1, "total")):
+        names[str(_dim(ins[input_name], axis))] = name
+    for past in (v for v in model.graph.inputs if v.name not in CACHE_INPUTS):
+        names[str(_dim(past, 2))] = "past"  # one length, whatever symbol the trace gave each
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if value.shape is not None:
+            value.shape = ir.Shape([_renamed(d, names) for d in value.shape])
+
+
+def _dim(value: ir.Value, axis: int) -> object:
+    assert value.shape is not None
+    return value.shape[axis]
+
+
+def _renamed(dim: object, names: dict[str, str]) -> int | ir.SymbolicDim:
+    if isinstance(dim, int):
+        return dim
+    text = re.sub(r"\b\w+\b", lambda m: names.get(m.group(0), m.group(0)), str(dim))
+    return ir.SymbolicDim(text)
+
+
+def kv_manifest(onnx_file: str, cache: CacheLayout, model: Any) -> dict[str, Any]:
+    """``model.kv.json``'s content (see the module docstring) for an HF causal LM."""
+    cfg, gen = model.config, getattr(model, "generation_config", None)
+    inputs, outputs = io_names(cache)
+    return {
+        "format": "prunec-kv/1", "onnx": onnx_file, "inputs": inputs, "outputs": outputs,
+        "layers": [c.layer for c in cache.layers],
+        "kv_heads": [c.kv_heads for c in cache.layers], "head_dim": cache.head_dim,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size, "context_length": cfg.max_position_embeddings,
+        **{key: _token_id(key, gen, cfg) for key in TOKEN_IDS},
+    }
+
+
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _token_id(key: str, *sources: Any) -> Any:
+    """The first set value of ``key`` in the generation config, then the model config."""
+    for source in sources:
+        value = getattr(source, key, None)
+        if value is not None:
+            return list(value) if isinstance(value, list | tuple) else int(value)
+    return None
+
+
+def write_kv_manifest(onnx_path: Path, cache: CacheLayout, model: Any) -> Path:
+    path = kv_manifest_path(onnx_path)
+    path.write_text(json.dumps(kv_manifest(onnx_path.name, cache, model), indent=2) + "\n")
+    return path
 
 
 def fuse_for_onnxruntime(model: ir.Model) -> dict[str, int]:
@@ -113,7 +254,7 @@ def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 
     start = time.perf_counter()
     config = config or ExportConfig(opset=opset)
     ep = _program(pruned)
-    external = _weight_bytes(ep) >= PROTOBUF_LIMIT
+    external = needs_external_data(_weight_bytes(ep), config.external_limit)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = to_onnx_program(ep, config)
     fusions = fuse_for_onnxruntime(program.model) if config.fuse else {}

@@ -8,6 +8,8 @@ Artifact (``export_gated_onnx(..., path)`` with ``path = DIR/NAME.onnx``):
   vocab]``, then ``history_out.{layer}.{kind}`` (same shapes: feed them back as the next
   call's ``history.*``), then, only when exported with ``debug=True``, ``kept.{layer}.{kind}``
   int64 ``[keep]`` (TopK order);
+- ``NAME.onnx.data``: the weights, only when they pass protobuf's 2 GB limit
+  (``runtime.export.save_onnx``, the rule every export shares);
 - ``NAME.history.npz``: the initial H, one array per ``history.*`` input name;
 - ``NAME.gating.json``: the manifest (names, shapes, per-layer keep counts, policy numbers).
 H column t is absolute position t; a batch of length T reads/updates columns 0..T-1 (EMA,
@@ -63,6 +65,8 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
     import torch
     from torch.export import Dim
 
+    from prunec.runtime.export import needs_external_data
+
     class _Flat(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -76,9 +80,11 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
     batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=MIN_SEQ, max=max_len)
     dyn = {"input_ids": {0: batch, 1: seq}, "histories": [None] * len(state)}
     inputs, outputs = _names(gated.history_names, debug)
+    external = needs_external_data(sum(p.numel() * p.element_size()
+                                       for p in gated.parameters()))
     torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
                       dynamic_shapes=dyn, opset_version=opset, optimize=True,
-                      input_names=inputs, output_names=outputs, external_data=False)
+                      input_names=inputs, output_names=outputs, external_data=external)
     return _finish(path, dict(zip(inputs[1:], outputs[1:1 + len(state)])))
 
 
@@ -87,6 +93,8 @@ def _finish(path: Path, pairs: dict[str, str]) -> tuple[str, ...]:
     and (on the same loaded model) find the histories ``inplace_histories`` proves safe."""
     import onnx
 
+    from prunec.runtime.export import save_onnx
+
     model = onnx.load(str(path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     names = {dims[0].dim_param: "batch", dims[1].dim_param: "seq"}
@@ -94,7 +102,7 @@ def _finish(path: Path, pairs: dict[str, str]) -> tuple[str, ...]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
-    onnx.save(model, str(path))
+    save_onnx(model, path)  # external data past protobuf's limit, like every export
     return inplace_histories(model, pairs)
 
 

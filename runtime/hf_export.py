@@ -5,12 +5,15 @@ so ``from_pretrained`` alone cannot load it (it would re-initialise removed bloc
 The directory therefore holds:
   config.json            the ORIGINAL (dense) config
   plan.json              the plan that shapes it
-  model.safetensors      the pruned weights (tied embeddings stored once)
+  model.safetensors      the pruned weights (tied embeddings stored once), the plan's
+                         reconstruction included (refit o_proj / down_proj weights and
+                         the output biases it adds, which the dense config lacks)
   tokenizer files
   prunec-pruned.json     {"format": "prunec-pruned-hf/1", "loader": ...}
 ``load_pruned_hf(dir)`` rebuilds the dense skeleton from config.json, applies the plan's
-structure (``passes.reference.apply_plan_``) and loads the weights strictly: every tensor
-must be present with its pruned shape, so a mismatch is an error, never a silent re-init.
+structure (``passes.reference.apply_plan_``), gives o_proj / down_proj a bias wherever the
+file has one (``add_stored_biases_``), and loads the weights strictly: every tensor must be
+present with its pruned shape, so a mismatch is an error, never a silent re-init.
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ from prunec.compiler.plan import Plan
 FORMAT = "prunec-pruned-hf/1"
 
 
-def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path) -> None:
-    """Write ``model`` pruned by ``plan`` to ``directory`` (``model`` itself is unchanged)."""
+def export_hf(model: Any, tokenizer: Any, plan: Plan, directory: Path,
+              refit: Any = None) -> None:
+    """Write ``model`` pruned by ``plan`` (and its reconstruction ``refit``,
+    ``{layer: LayerRefit}``) to ``directory`` (``model`` itself is unchanged)."""
     import copy
 
     from safetensors.torch import save_model
 
-    from prunec.passes.reference import apply_plan_, shape_of
+    from prunec.passes.reference import apply_plan_, apply_refit_, shape_of
 
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(directory))
-    model = apply_plan_(copy.deepcopy(model), plan, shape_of(model))
+    shape = shape_of(model)
+    model = apply_refit_(apply_plan_(copy.deepcopy(model), plan, shape), refit or {}, plan,
+                         shape)
     save_model(model, str(directory / "model.safetensors"))
     (directory / "plan.json").write_text(plan.dumps())
     tokenizer.save_pretrained(str(directory))
@@ -55,6 +62,21 @@ def load_pruned_hf(directory: Path) -> tuple[Any, Any]:
     model = build(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     plan = Plan.from_json(json.loads((directory / "plan.json").read_text()))
     apply_plan_(model, plan, shape_of(model))
+    add_stored_biases_(model, directory / "model.safetensors")
     load_model(model, str(directory / "model.safetensors"), strict=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(directory))
+
+
+def add_stored_biases_(model: Any, path: Path) -> None:
+    """Give every Linear whose bias the file stores, and the model lacks, a bias parameter
+    (zeros; ``load_model`` fills it): a reconstruction adds o_proj / down_proj biases."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is None \
+                and f"{name}.bias" in names:
+            module.bias = torch.nn.Parameter(torch.zeros(module.out_features))

@@ -4,7 +4,8 @@
 ``plan { ... }`` block, else a ``prune METHOD`` block, else none) and looks its planner up in
 ``PLANNERS``, a plain table; the methods themselves are ``prunec.passes.methods``
 (``compute_plan``). A manual plan is resolved with weight-magnitude importance
-(``compiler.manual``). A method result's plan is validated against the model; an invalid
+(``compiler.manual``); its ``reconstruct`` runs ``passes.methods.reconstruct`` on its
+``score`` dataset (the result is a ``MethodResult`` without hashes: no lock is written). A method result's plan is validated against the model; an invalid
 plan is a prunec bug (``RuntimeError``), not a user error.
 
 Planning never touches build state on disk: a search writes its progress to
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunec.compiler.ir import Spec
+from prunec.compiler.ir import ManualPlan, Reconstruct, Spec
 from prunec.compiler.plan import Plan
 from prunec.runtime.jsonio import jsonable
 
@@ -54,7 +55,30 @@ def manual_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOpti
 
     assert spec.plan is not None
     importance = magnitude_importance(loaded.model, loaded.shape)
-    return resolve_manual_plan(spec.plan, loaded.shape, importance), None
+    plan = resolve_manual_plan(spec.plan, loaded.shape, importance)
+    if spec.plan.reconstruct is Reconstruct.OFF:
+        return plan, None
+    result = manual_refit(spec.plan, plan, loaded, data, options)
+    return result.plan, result
+
+
+def manual_refit(manual: ManualPlan, plan: Plan, loaded: Any, data: dict[str, Any],
+                 options: PlanOptions) -> Any:
+    """A manual plan's reconstruction, as a ``MethodResult`` (no hashes, so no lock)."""
+    import time
+
+    from prunec.passes.methods import MethodOptions, MethodResult, SearchStats
+    from prunec.passes.methods.reconstruct import reconstruct, with_setting
+
+    start = time.perf_counter()
+    progress = method_progress(options.progress) if options.progress is not None else None
+    method_options = MethodOptions(progress=progress, batch_size=options.batch_size)
+    calib = data.get(manual.score_dataset or "")
+    refit = reconstruct(manual.reconstruct, manual.damp, loaded.model, loaded.shape, plan,
+                        calib, method_options)
+    plan = with_setting(plan, manual.reconstruct, manual.damp)
+    stats = SearchStats(wall_s=time.perf_counter() - start, mode="manual")
+    return MethodResult(plan, stats, refit)
 
 
 def dense_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOptions) -> Planned:
@@ -105,9 +129,10 @@ def method_json(result: Any) -> dict[str, Any]:
     if result is None:
         return {}
     return {"from_lock": bool(result.from_lock), "stats": jsonable(result.stats),
-            "biased_layers": sorted(int(k) for k in result.biases)}
+            "reconstruct": {"setting": result.plan.reconstruct, "damp": result.plan.damp},
+            "refit_layers": sorted(int(k) for k in result.refit)}
 
 
-def method_biases(result: Any) -> Any:
-    """The method's output-bias compensation ({layer: LayerBias}), or None."""
-    return getattr(result, "biases", None) or None
+def method_refit(result: Any) -> Any:
+    """The reconstruction ({layer: LayerRefit}) of the plan's method, or None."""
+    return getattr(result, "refit", None) or None

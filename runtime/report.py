@@ -13,7 +13,8 @@
   gates [{kind, dataset, limit, value, held, line, message}],
   providers {requested, used, notes}, timings_s {stage: seconds}, compile {passes, export}
   (what the graph passes and the exporter reported), method_info {from_lock, stats,
-  biased_layers} (static methods only), versions {...}, notes [str].
+  reconstruct {setting, damp}, refit_layers} (static methods, manual plans with reconstruct), genai {written, file | reason} (``runtime.genai``),
+  versions {...}, notes [str].
 Params and FLOPs come from ``compiler.plan.param_count`` / ``flops_per_token``; the ONNX
 cross-check counts the float initializers of rank 2 (the weight matrices; norms and
 constants are 1-D) and compares them with the plan's matrix parameters (``param_count``
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunec.compiler.ir import Gate, HfExport, ModelShape, ParamsGate, PerplexityGate, Spec
+from prunec.compiler.ir import Gate, ModelShape, ParamsGate, PerplexityGate, Spec
 from prunec.compiler.plan import Plan, flops_per_token, param_count
 
 SCHEMA = 1
@@ -82,6 +83,7 @@ class BuildReport:
     compile_info: dict[str, Any] = field(default_factory=dict)  # what the passes/export said
     method_info: dict[str, Any] = field(default_factory=dict)  # static method: stats, lock
     notes: tuple[str, ...] = field(default_factory=tuple)
+    genai: dict[str, Any] = field(default_factory=dict)  # genai_config.json written, or why not
 
     @property
     def passed(self) -> bool:
@@ -97,7 +99,7 @@ class BuildReport:
             "perplexity": {d.name: d.to_json() for d in self.perplexity},
             "gates": [g.to_json() for g in self.gates], "providers": self.providers,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-            "compile": self.compile_info, "method_info": self.method_info,
+            "compile": self.compile_info, "method_info": self.method_info, "genai": self.genai,
             "versions": versions(), "notes": list(self.notes),
         }
 
@@ -153,15 +155,15 @@ def onnx_counts(path: Path) -> tuple[int, int]:
     return total, matrices
 
 
-def bias_notes(spec: Spec, biases: Any) -> tuple[str, ...]:
-    """Notes about a method's output-bias compensation ({layer: LayerBias} or None)."""
-    if not biases:
+def refit_notes(plan: Plan, refit: Any) -> tuple[str, ...]:
+    """A note on the plan's reconstruction ({layer: LayerRefit} or None), which the ONNX
+    graph and every ``export hf`` carry."""
+    if not refit:
         return ()
-    notes = [(f"output-bias compensation on {len(biases)} layers is in the ONNX graph "
-             "(o_proj / down_proj biases)")]
-    if any(isinstance(e, HfExport) for e in spec.exports):
-        notes.append("the hf export does not carry the output-bias compensation")
-    return tuple(notes)
+    damp = f", damp {plan.damp:g}" if plan.damp is not None else ""
+    note = (f"reconstruct = {plan.reconstruct}{damp} on {len(refit)} layers: in the ONNX "
+            "graph and hf exports (o_proj / down_proj weights and biases)")
+    return (note,)
 
 
 # ------------------------------------------------------------------ computations

@@ -10,25 +10,31 @@ Invariants:
 - every ``Decision`` carries the spec line of the field behind it (the target's line);
 - protected layers (``StaticPrune.protect``) are never changed;
 - passes report and never print: progress goes through ``MethodOptions.progress``;
-- FLAP's bias compensation cannot live in a ``Plan`` (no tensors there): it is returned as
-  ``MethodResult.biases``, layer index -> ``LayerBias(mlp, attn)``, ``[hidden]`` tensors to ADD
-  to down_proj's / o_proj's output after the plan is applied (reference semantics:
-  ``passes.reference.apply_output_biases_``; the graph side adds them as Linear biases);
+- the reconstruction (``StaticPrune.reconstruction``: off | bias | least-squares,
+  ``reconstruct.py``) runs after the plan, computed or locked, in ``compute_plan`` only: the
+  search scores candidates WITHOUT it (final plan only; docs/language.md says why). Tensors
+  cannot live in a ``Plan``: they are ``MethodResult.refit``, layer index -> ``LayerRefit``
+  (reference semantics: ``passes.reference.apply_refit_``; the graph side carries them as
+  o_proj / down_proj weights and biases); the plan records the setting;
 - with ``MethodOptions.lock`` the locked plan is applied after its hashes are checked,
-  without any search (``lock.py``); a stale lock is a ``CompileError`` (P07xx).
+  without any search (``lock.py``); a stale lock is a ``CompileError`` (P07xx). The refit is
+  recomputed from the same calibration tokens (deterministic on CPU), not stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import lock as locks
 from prunec.passes.methods.oneshot import run_oneshot
+from prunec.passes.methods.reconstruct import reconstruct, with_setting
 from prunec.passes.methods.search import run_search
 from prunec.passes.methods.types import (
-    LayerBias,
+    LayerRefit,
     MethodOptions,
     MethodResult,
     ProgressEvent,
@@ -44,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
-    "LayerBias",
+    "LayerRefit",
     "MethodOptions",
     "MethodResult",
     "ProgressEvent",
@@ -80,6 +86,10 @@ def compute_plan(static: StaticPrune, model: nn.Module, shape: ModelShape,
     options = options or MethodOptions()
     hashes = locks.current_hashes(static, model, calib, options)
     if options.lock is not None:
-        return locks.apply_lock(static, options.lock, hashes)
-    result = METHODS[static.method](static, model, shape, calib, options, hashes)
-    return result.with_hashes(hashes)
+        result = locks.apply_lock(static, options.lock, hashes)
+    else:
+        result = METHODS[static.method](static, model, shape, calib, options, hashes)
+    setting, damp = static.reconstruction, static.damp
+    refit = reconstruct(setting, damp, model, shape, result.plan, calib, options)
+    plan = with_setting(result.plan, setting, damp)
+    return replace(result, plan=plan, refit=MappingProxyType(refit)).with_hashes(hashes)

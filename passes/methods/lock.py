@@ -1,7 +1,9 @@
 """Plan locks: a computed plan written next to the artifact, re-applied without a search.
 
-A lock (``plan.lock.json``) holds every decision in order with its score, the final plan,
-FLAP's output biases (if any), the search statistics, and three sha256 hashes:
+A lock (``plan.lock.json``) holds every decision in order with its score, the final plan
+(with its ``reconstruct`` setting; the refit itself is recomputed from the calibration
+tokens, deterministically, when the lock is applied), the search statistics, and three
+sha256 hashes:
 - ``spec``: the static section and the dataset it scores on, spans stripped (``spec_hash``);
 - ``model``: every tensor of the model's state (name, dtype, shape, bytes);
 - ``calib``: the calibration token ids (shape + bytes), or "none".
@@ -24,7 +26,6 @@ from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.ir import Spec, StaticPrune, strip_spans
 from prunec.compiler.plan import Plan
 from prunec.passes.methods.types import (
-    LayerBias,
     MethodOptions,
     MethodResult,
     SearchStats,
@@ -76,7 +77,6 @@ def lock_json(result: MethodResult) -> dict[str, Any]:
         "format": FORMAT,
         "hashes": dict(result.hashes),
         "plan": result.plan.to_json(),
-        "biases": {str(i): _bias_json(b) for i, b in sorted(result.biases.items())},
         "stats": {"layer_forwards": s.layer_forwards, "candidate_evaluations":
                   s.candidate_evaluations, "wall_s": s.wall_s, "dense_score": s.dense_score,
                   "mode": s.mode, "trajectory": [vars(t) for t in s.trajectory]},
@@ -135,23 +135,8 @@ def result_from_lock(lock: Mapping[str, Any], hashes: Mapping[str, str]) -> Meth
         wall_s=float(st.get("wall_s", 0.0)), dense_score=st.get("dense_score"),
         trajectory=tuple(StepScore(**t) for t in st.get("trajectory", [])),
         mode=str(st.get("mode", "lock")))
-    biases = {int(i): _bias_from_json(b) for i, b in lock.get("biases", {}).items()}
-    return MethodResult(Plan.from_json(lock["plan"]), stats, MappingProxyType(biases),
-                        MappingProxyType(dict(hashes)), from_lock=True)
-
-
-def _bias_json(b: LayerBias) -> dict[str, list[float] | None]:
-    return {"mlp": None if b.mlp is None else b.mlp.double().tolist(),
-            "attn": None if b.attn is None else b.attn.double().tolist()}
-
-
-def _bias_from_json(d: Mapping[str, Any]) -> LayerBias:
-    import torch
-
-    def conv(v: Any) -> torch.Tensor | None:
-        return None if v is None else torch.tensor(v, dtype=torch.float32)
-
-    return LayerBias(conv(d.get("mlp")), conv(d.get("attn")))
+    return MethodResult(Plan.from_json(lock["plan"]), stats,
+                        hashes=MappingProxyType(dict(hashes)), from_lock=True)
 
 
 def _sha(data: bytes) -> str:

@@ -14,7 +14,8 @@ keep per layer, keep the highest-scored ones. Counts:
 - scope ``global`` ranks channels (and per-group head slices) across layers instead of
   spreading evenly: raw scores for magnitude and wanda-sp, per-layer standardised scores
   for flap (as in FLAP); the totals are those of the per-layer scope;
-- flap adds output biases: down_proj/o_proj get W[:, removed] @ mean(x[removed]).
+- FLAP's output biases (W[:, removed] @ mean(x[removed])) are the ``bias`` reconstruction,
+  flap's default, applied after every method by ``compute_plan`` (``reconstruct.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prunec.compiler import budget
 from prunec.compiler.ir import ModelShape, Scope, StaticMethod, StaticPrune
 from prunec.compiler.plan import Decision, LayerPlan, Plan
 from prunec.passes.methods import importance
-from prunec.passes.methods.types import LayerBias, MethodOptions, MethodResult, SearchStats
+from prunec.passes.methods.types import MethodOptions, MethodResult, SearchStats
 from prunec.passes.reference import decoder_layers
 
 Widths = dict[int, tuple[int, int]]  # layer -> (channels kept, heads kept per KV group)
@@ -47,9 +48,8 @@ def run_oneshot(static: StaticPrune, model: nn.Module, shape: ModelShape,
     if static.scope is Scope.GLOBAL:
         widths = globalise(widths, scores, shape, static.method is StaticMethod.FLAP)
     plan = widths_plan(static, shape, widths, scores)
-    biases = flap_biases(model, shape, plan, stats) if static.method is StaticMethod.FLAP else {}
     wall = time.perf_counter() - start
-    return MethodResult(plan, SearchStats(wall_s=wall, mode="one-shot"), biases)
+    return MethodResult(plan, SearchStats(wall_s=wall, mode="one-shot"))
 
 
 def _stats(static: StaticPrune, model: nn.Module, calib: torch.Tensor | None,
@@ -175,30 +175,3 @@ def widths_plan(static: StaticPrune, shape: ModelShape, widths: Widths, scores: 
         plan = plan.with_layer(lp).with_decision(
             Decision(step, "one-shot", i, action, None, static.target.span.line))
     return plan
-
-
-def flap_biases(model: nn.Module, shape: ModelShape, plan: Plan,
-                stats: Sequence[importance.LayerStats] | None) -> dict[int, LayerBias]:
-    """FLAP's compensation: W[:, removed] @ mean(x[removed]) per pruned projection."""
-    assert stats is not None
-    out: dict[int, LayerBias] = {}
-    for layer, lp in zip(decoder_layers(model), plan.layers):
-        mlp = attn = None
-        if lp.kept_channels is not None:
-            mlp = _bias(layer.mlp.down_proj.weight, stats[lp.index].mlp.mean,
-                        lp.kept_channels, 1)
-        if lp.kept_heads is not None:
-            attn = _bias(layer.self_attn.o_proj.weight, stats[lp.index].attn.mean,
-                         lp.kept_heads, shape.head_dim)
-        if mlp is not None or attn is not None:
-            out[lp.index] = LayerBias(mlp, attn)
-    return out
-
-
-def _bias(weight: torch.Tensor, mean: torch.Tensor, kept: tuple[int, ...],
-          width: int) -> torch.Tensor:
-    mask = torch.ones(weight.shape[1], dtype=torch.bool)
-    for unit_index in kept:
-        mask[unit_index * width:(unit_index + 1) * width] = False
-    w = weight.detach().double()[:, mask]
-    return (w @ mean[mask]).to(weight.dtype)

@@ -1,7 +1,8 @@
 """The data a static method takes and returns: options, progress events, results, statistics.
 
-Invariants: everything here is a frozen dataclass; tensors appear only in ``LayerBias``
-(FLAP's output-bias compensation, shape ``[hidden]``); ``SearchStats.layer_forwards`` counts
+Invariants: everything here is a frozen dataclass; tensors appear only in ``LayerRefit``
+(the reconstruction of one layer: output biases ``[hidden]`` to add, refit weights
+``[hidden, kept]`` for the kept columns in the plan's order); ``SearchStats.layer_forwards`` counts
 decoder-layer module calls over the WHOLE calibration set (one call on every calibration
 sequence = 1 unit; a layer whose attention and MLP are both removed is never called).
 """
@@ -74,18 +75,23 @@ class SearchStats:
 
 
 @dataclass(frozen=True)
-class LayerBias:
-    """Output biases to ADD after pruning: to down_proj (``mlp``) and o_proj (``attn``)."""
+class LayerRefit:
+    """One layer's reconstruction (``reconstruct.py``), applied with ``passes.reference.
+    apply_refit_``: ``mlp`` / ``attn`` are ``[hidden]`` biases to ADD to down_proj's / o_proj's
+    output; ``mlp_weight`` / ``attn_weight`` (least-squares only) REPLACE the kept columns of
+    down_proj / o_proj, ``[hidden, kept]`` in the order of the plan's kept channels / heads."""
 
     mlp: torch.Tensor | None = None
     attn: torch.Tensor | None = None
+    mlp_weight: torch.Tensor | None = None
+    attn_weight: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class MethodResult:
     plan: Plan
     stats: SearchStats = SearchStats()
-    biases: Mapping[int, LayerBias] = field(default_factory=lambda: MappingProxyType({}))
+    refit: Mapping[int, LayerRefit] = field(default_factory=lambda: MappingProxyType({}))
     hashes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     from_lock: bool = False
 

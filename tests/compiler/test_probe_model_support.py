@@ -43,6 +43,11 @@ def _codes(tmp_path: Path, config: dict[str, object], export: str = "") -> list[
      ["P0226"]),
     ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
       "sliding_window": 64, "use_sliding_window": True, "max_window_layers": 6}, "", []),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+      "sliding_window": 64, "use_sliding_window": True, "max_window_layers": 0}, "",
+     ["P0226"]),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 64,
+      "layer_types": ["full_attention"] * 6}, "", []),
     ({"hidden_act": 3}, "", ["P0303"]),
 ])
 def test_probe_model_support(tmp_path: Path, config: dict[str, object], export: str,

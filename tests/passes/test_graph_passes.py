@@ -55,7 +55,8 @@ def test_dense_plan_changes_nothing(captured: Captured) -> None:
 def test_pipeline_is_one_named_list() -> None:
     names = [p.name for p in PIPELINE]
     assert names == ["remove_blocks", "keep_channels", "keep_heads", "fix_head_shapes",
-                     "eliminate_dead_code", "drop_unused_weights"]
+                     "drop_cache_outputs", "eliminate_dead_code", "drop_cache_inputs",
+                     "drop_unused_weights"]
 
 
 def test_removed_blocks_leave_no_nodes_and_no_weights(captured: Captured) -> None:

@@ -138,10 +138,13 @@ def copy_compile(source: Path) -> Any:
     the artifact, gate and kill tests; the real compile is tested once in test_build)."""
     import shutil
 
+    stem = source.name.removesuffix(".onnx")
+
     def run(job: Any) -> dict[str, Any]:
-        for f in source.parent.iterdir():
-            if f.name.startswith(source.name):
-                shutil.copy(f, job.path.parent / f.name.replace(source.name, job.path.name))
+        new = job.path.name.removesuffix(".onnx")
+        for f in source.parent.iterdir():  # the file and its sidecars (.onnx.data, .kv.json)
+            if f.name.startswith(stem + "."):
+                shutil.copy(f, job.path.parent / (new + f.name[len(stem):]))
         return {"backend": "copy", "source": str(source)}
 
     return run

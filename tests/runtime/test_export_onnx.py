@@ -118,25 +118,25 @@ def test_dense_onnx_file_contract(tmp_path: Path) -> None:
 
 def test_output_bias_compensation_reaches_the_onnx_graph(tmp_path: Path) -> None:
     """FLAP's biases (added to o_proj / down_proj outputs) survive the width passes and the
-    export: the ONNX logits equal apply_plan_ + apply_output_biases_ on the module."""
+    export: the ONNX logits equal apply_plan_ + apply_refit_ on the module."""
     import onnxruntime as ort
 
     from prunec.compiler.ir import Provider
-    from prunec.passes.methods.types import LayerBias
-    from prunec.passes.reference import apply_output_biases_
+    from prunec.passes.methods.types import LayerRefit
+    from prunec.passes.reference import apply_refit_
     from prunec.runtime.backends import CompileJob, graph_compile
 
     model = tiny_llama(3, TinyConfig(layers=3))
     shape = shape_of(model)
     plan = every_rule_plan(shape)
     gen = torch.Generator().manual_seed(0)
-    biases = {i: LayerBias(torch.randn(shape.hidden, generator=gen),
+    biases = {i: LayerRefit(torch.randn(shape.hidden, generator=gen),
                            torch.randn(shape.hidden, generator=gen)) for i in (0, 1, 2)}
     path = tmp_path / "model.onnx"
-    job = CompileJob(model, plan, shape, path, 18, None, biases=biases)  # type: ignore[arg-type]
+    job = CompileJob(model, plan, shape, path, 18, None, refit=biases)  # type: ignore[arg-type]
     with torch_threads(1):
         graph_compile(job)
-        ref = apply_output_biases_(apply_plan_(copy.deepcopy(model), plan, shape), biases)
+        ref = apply_refit_(apply_plan_(copy.deepcopy(model), plan, shape), biases, plan, shape)
         ids = torch.randint(0, shape.vocab, (2, 11), generator=gen)
         want = reference_logits(ref, ids)
     sess = ort.InferenceSession(str(path), providers=[Provider.CPU.ort_name])

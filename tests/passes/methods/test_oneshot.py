@@ -15,7 +15,7 @@ from prunec.compiler import budget
 from prunec.compiler.ir import SMOLLM2_135M, LayerSelector, Scope, SelectorKind, StaticMethod
 from prunec.passes.methods import MethodOptions, compute_plan
 from prunec.passes.methods.oneshot import keep_heads_balanced, target_widths, widths_plan
-from prunec.passes.reference import apply_output_biases_, apply_plan_, decoder_layers, shape_of
+from prunec.passes.reference import apply_plan_, apply_refit_, decoder_layers, shape_of
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_one_shot_plans_are_valid_and_hit_target(method, scope, calib) -> None:
     goal = budget.params_goal(static, shape)
     assert abs(removed - goal) <= 3 * shape.hidden * budget.channel_unit(shape)
     assert all(d.spec_line == SPAN.line for d in plan.decisions) and plan.decisions
-    assert (len(result.biases) > 0) == (method is StaticMethod.FLAP)
+    assert (len(result.refit) > 0) == (method is StaticMethod.FLAP)  # flap's default: bias
 
 
 def test_magnitude_drops_the_weakest_channels_and_heads() -> None:
@@ -132,8 +132,8 @@ def test_flap_bias_compensates_the_mean_of_removed_channels(calib) -> None:
     hook.remove()
     x = torch.cat(seen)
     dense_down = decoder_layers(model)[layer_index].mlp.down_proj
-    pruned = apply_output_biases_(apply_plan_(copy.deepcopy(model), result.plan, shape),
-                                  result.biases)
+    pruned = apply_refit_(apply_plan_(copy.deepcopy(model), result.plan, shape),
+                          result.refit, result.plan, shape)
     small = decoder_layers(pruned)[layer_index].mlp.down_proj
     kept = torch.tensor(result.plan.layers[layer_index].kept_channels)
     with torch.no_grad():
