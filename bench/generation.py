@@ -306,6 +306,26 @@ def uncached_agree(samples: Samples) -> dict[str, bool]:
     return agree
 
 
+def fp16_agreement(samples: Samples, vs: list[Variant], first: int = 32
+                   ) -> list[dict[str, Any]]:
+    """Greedy tokens of each float16 artifact against its float32 twin (same plan, same
+    prompt, row 0 of the first cached run): equal positions among the first ``first`` tokens,
+    and the first position that differs (None when none does)."""
+    out = []
+    for v in (v for v in vs if v.dtype == "float16"):
+        twin = Variant(v.ratio, "float32", v.fuse).name
+        for (mode, name, b), runs in samples.items():
+            other = samples.get((mode, twin, b))
+            if mode != "cached" or name != v.name or not other:
+                continue
+            a, ref = runs[0][2][:first], other[0][2][:first]
+            same = [x == y for x, y in zip(a, ref)]
+            out.append({"artifact": v.name, "twin": twin, "batch": b, "tokens": len(same),
+                        "equal": sum(same), "first_difference":
+                        same.index(False) if False in same else None})
+    return out
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     """The result as the README's tables (every number one JSON value, rounded once)."""
     head = ("| artifact | batch | params removed | dense tok/s | pruned tok/s | speedup | bound "
@@ -319,6 +339,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {c['comparison']} | {c['a']} | {c['b']} | {c['batch']} | {c['a_tok_s']:.1f} "
               f"| {c['b_tok_s']:.1f} | {c['ratio']:.2f}x |" for c in result["comparisons"]]
+    lines += ["", "| float16 artifact | batch | greedy tokens equal to float32 |", "|---|---|---|"]
+    lines += [f"| {a['artifact']} | {a['batch']} | {a['equal']} of {a['tokens']} |"
+              for a in result.get("fp16_agreement", [])]
     return lines
 
 
@@ -337,7 +360,8 @@ def run(s: Settings, workdir: Path) -> dict[str, Any]:
     return {"benchmark": "generation", "model": "SmolLM2-135M-Instruct",
             "settings": dataclasses.asdict(s), "machine": run_on.entry(),
             "artifacts": list(arts.values()), "rows": rows, "speedups": speedups(rows, arts, vs),
-            "comparisons": comparisons(rows, vs), "uncached_tokens_agree": uncached_agree(samples)}
+            "comparisons": comparisons(rows, vs), "uncached_tokens_agree": uncached_agree(samples),
+            "fp16_agreement": fp16_agreement(samples, vs)}
 
 
 def numbers(text: str, kind: type) -> tuple[Any, ...]:
@@ -375,6 +399,8 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
 
 def main() -> None:
     s, workdir, out = parse()
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(s, workdir or Path(tmp))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from prunec.passes.methods import compute_plan
 from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
 
 pytestmark = pytest.mark.slow
-SPECS = Path(__file__).resolve().parents[2] / "specs"
+SPECS = Path(__file__).resolve().parents[3] / "specs"
 
 
 @pytest.fixture(autouse=True)

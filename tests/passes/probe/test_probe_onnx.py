@@ -129,7 +129,7 @@ def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy):  # type: ignor
     from prunec.runtime.models import load_model
 
     span = Span("", 0, 0, 0, 0)
-    specs = Path(__file__).resolve().parents[2] / "specs"
+    specs = Path(__file__).resolve().parents[3] / "specs"
     loaded = load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, span), specs)
 
     def text(file: str, n: int, t: int) -> torch.Tensor:
