@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         result = run(TINY if args.tiny else FULL, Path(tmp), args.new_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)

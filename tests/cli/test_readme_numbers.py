@@ -76,6 +76,9 @@ DERIVED: tuple[tuple[str, str, Callable[[Results], float]], ...] = (
 )
 
 DERIVED += (
+    ("(2.7 times its float32", "2.7",
+     lambda r: (r["large_model.json"]["build"]["peak_rss_kib"] * 1024
+                / r["large_model.json"]["model"]["float32_bytes"])),
     ("costs at most 4.8% (wanda-sp at 10%)", "4.8%",
      lambda r: (_refit_ppl(r, "wanda-sp", 0.1, "least-squares")
                 / _refit_ppl(r, "wanda-sp", 0.1, "off") - 1)),
