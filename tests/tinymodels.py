@@ -64,6 +64,18 @@ def tiny_llama(seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
     return evaluated
 
 
+def every_rule_plan(shape: ModelShape) -> Plan:
+    """Layer 0: attention removed, channel subset; 1: a whole KV group kept alone, MLP
+    removed; 2: one query head dropped per KV group, channel subset."""
+    g = shape.group_size
+    return Plan((
+        LayerPlan(0, attn_removed=True, kept_channels=tuple(range(1, shape.intermediate, 3))),
+        LayerPlan(1, mlp_removed=True, kept_heads=tuple(range(g, 2 * g))),
+        LayerPlan(2, kept_heads=tuple(h for h in range(shape.n_heads) if h % g),
+                  kept_channels=tuple(range(shape.intermediate // 2))),
+    ))
+
+
 def random_plan(shape: ModelShape, seed: int, p_remove: float = 0.25) -> Plan:
     """A random valid plan: blocks removed with probability ``p_remove``; random MLP channel
     subsets; random head subsets with the same count in every kept KV group (sometimes

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tinymodels import TinyConfig, random_plan, tiny_llama, torch_threads
+from tinymodels import TinyConfig, every_rule_plan, random_plan, tiny_llama, torch_threads
 
-from prunec.compiler.plan import LayerPlan, Plan
+from prunec.compiler.plan import Plan
 from prunec.passes.cache_io import cache_layout
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
 from prunec.runtime.backends import CompileJob, graph_compile
@@ -92,16 +92,6 @@ def greedy_without_cache(model: Any, ids: torch.Tensor, steps: int = STEPS) -> n
 
 def layout_has_attention(plan: Plan) -> bool:
     return any(not lp.attn_removed for lp in plan.layers)
-
-
-def every_rule_plan(shape: Any) -> Plan:
-    g = shape.group_size
-    return Plan((
-        LayerPlan(0, attn_removed=True, kept_channels=tuple(range(1, shape.intermediate, 3))),
-        LayerPlan(1, mlp_removed=True, kept_heads=tuple(range(g, 2 * g))),
-        LayerPlan(2, kept_heads=tuple(h for h in range(shape.n_heads) if h % g),
-                  kept_channels=tuple(range(shape.intermediate // 2))),
-    ))
 
 
 @pytest.fixture(scope="module")

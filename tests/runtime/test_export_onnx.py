@@ -16,28 +16,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tinymodels import TinyConfig, random_plan, tiny_llama, torch_threads
+from tinymodels import TinyConfig, every_rule_plan, random_plan, tiny_llama, torch_threads
 
-from prunec.compiler.ir import ModelShape
-from prunec.compiler.plan import LayerPlan, Plan, param_count
+from prunec.compiler.plan import Plan, param_count
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import apply_plan_, reference_logits, relative_error, shape_of
 from prunec.runtime.export import ExportConfig, export_onnx
 
 SIZES = ((2, 1), (1, 2), (1, 19), (4, 7), (3, 64))
 BIAS_UNTIED = TinyConfig(layers=3, heads=8, kv_heads=4, attention_bias=True, tied=False)
-
-
-def every_rule_plan(shape: ModelShape) -> Plan:
-    """Layer 0: attention removed, channel subset; 1: a whole KV group kept alone, MLP
-    removed; 2: one query head dropped per KV group, channel subset."""
-    g = shape.group_size
-    return Plan((
-        LayerPlan(0, attn_removed=True, kept_channels=tuple(range(1, shape.intermediate, 3))),
-        LayerPlan(1, mlp_removed=True, kept_heads=tuple(range(g, 2 * g))),
-        LayerPlan(2, kept_heads=tuple(h for h in range(shape.n_heads) if h % g),
-                  kept_channels=tuple(range(shape.intermediate // 2))),
-    ))
 
 
 CASES = {

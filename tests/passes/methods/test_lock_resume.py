@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from method_fixtures import calib_tokens, make_static
-from tinymodels import TinyConfig, tiny_llama, torch_threads
+from tinymodels import TinyConfig, tiny_llama
 
 from prunec.compiler.diagnostics import CompileError
 from prunec.compiler.ir import StaticMethod
@@ -20,10 +19,7 @@ from prunec.passes.reference import decoder_layers, shape_of
 CONFIG = TinyConfig(layers=4, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/passes/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from method_fixtures import SPAN, calib_tokens, make_static
-from tinymodels import TinyConfig, tiny_llama, torch_threads
+from tinymodels import TinyConfig, tiny_llama
 
 from prunec.compiler import budget
 from prunec.compiler.ir import LayerSelector, SelectorKind, StaticMethod, WidthImportance
@@ -17,11 +15,7 @@ from prunec.passes.reference import shape_of
 CONFIG = TinyConfig(layers=5, hidden=48, intermediate=96, heads=6, kv_heads=2, head_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls are fastest (and least disturbed by a busy machine) on one thread."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/passes/conftest.py
 
 
 @pytest.fixture(scope="module")
