@@ -91,3 +91,9 @@ class CompileError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(d.headline() for d in self.diagnostics)
+
+
+def user_error(code: str, message: str, where: str, hint: str | None = None) -> CompileError:
+    """A CompileError of one diagnostic about an input with no spec position (a file, an
+    artifact, a command-line value): ``where`` names it."""
+    return CompileError((Diagnostic.error(code, message, Span.unknown(where), hint),))

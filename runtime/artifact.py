@@ -182,15 +182,19 @@ def write_manifest(root: Path) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest_of(root), indent=1) + "\n")
 
 
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """``root``'s manifest, None when it is missing, unreadable or malformed."""
-    path = root / MANIFEST
+def read_json_file(path: Path) -> Any:
+    """The JSON in ``path`` when it is a regular file (not a link) that parses, else None."""
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """``root``'s manifest, None when it is missing, unreadable or malformed."""
+    data = read_json_file(root / MANIFEST)
     ok = (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
           and isinstance(data.get("files"), dict) and isinstance(data.get("dirs"), list)
           and all(isinstance(d, str) for d in data["dirs"]))
@@ -247,12 +251,7 @@ def sibling_problem(path: Path) -> str | None:
 def is_own_json(path: Path) -> bool:
     """True when ``path`` is a regular file holding a JSON object whose ``"format"`` starts
     with ``prunec-`` (every JSON file prunec writes beside an artifact carries one)."""
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    data = read_json_file(path)
     return isinstance(data, dict) and str(data.get("format", "")).startswith(OWN_FORMAT)
 
 

@@ -45,17 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+from prunec.compiler.diagnostics import user_error
 from prunec.compiler.ir import Provider
 from prunec.compiler.names import kv_manifest_file
 
 StepFn = Callable[[tuple[int | None, ...]], None]  # a step's token per sequence (None: done)
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _DEVICES = {"CUDAExecutionProvider": "cuda"}
-
-
-def _error(code: str, message: str, where: str, hint: str | None = None) -> CompileError:
-    return CompileError((Diagnostic.error(code, message, Span.unknown(where), hint),))
 
 
 @dataclass(frozen=True)
@@ -114,13 +110,13 @@ def read_kv_manifest(onnx_path: Path) -> KvManifest:
     """The manifest beside ``onnx_path``; P0404 (with how to rebuild) when there is none."""
     path = kv_manifest_path(onnx_path)
     if not path.is_file():
-        raise _error("P0404", f"{onnx_path} has no KV cache ({path.name} is missing): it was "
+        raise user_error("P0404", f"{onnx_path} has no KV cache ({path.name} is missing): it was "
                      "built with `kv_cache = off` or by an older prunec", str(onnx_path),
                      "rebuild it with `export onnx { kv_cache = on }` (the default)")
     try:
         return _parse_manifest(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise _error("P0404", f"{path.name} is unreadable: {type(exc).__name__}: {exc}",
+        raise user_error("P0404", f"{path.name} is unreadable: {type(exc).__name__}: {exc}",
                      str(path), "rebuild the artifact") from exc
 
 
@@ -231,7 +227,7 @@ class Generator:
         from prunec.runtime.session import open_session
 
         if onnx_path.with_suffix(".gating.json").is_file():
-            raise _error("P0404", f"{onnx_path} is a gated (probe) graph, which has no KV "
+            raise user_error("P0404", f"{onnx_path} is a gated (probe) graph, which has no KV "
                          "cache; generation needs a static artifact", str(onnx_path),
                          "build a static artifact (a spec without a `probe` block)")
         self.path = onnx_path
@@ -274,10 +270,10 @@ class Generator:
         empty batch, an empty prompt or one that fills the context)."""
         where = str(self.path)
         if not prompts or any(len(p) == 0 for p in prompts):
-            raise _error("P0407", "a prompt is empty (no tokens to start from)", where)
+            raise user_error("P0407", "a prompt is empty (no tokens to start from)", where)
         longest, context = max(len(p) for p in prompts), self.manifest.context
         if longest >= context:
-            raise _error("P0407", f"a prompt of {longest} tokens leaves no room in the "
+            raise user_error("P0407", f"a prompt of {longest} tokens leaves no room in the "
                          f"model's context of {context} tokens", where,
                          f"shorten the prompt to at most {context - 1} tokens")
         return min(config.max_new_tokens, context - longest)
@@ -353,11 +349,11 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     """The prompt's token ids; with ``chat``, wrapped as one user turn by the tokenizer's
     chat template (P0407 for an empty prompt or a tokenizer without a template)."""
     if not prompt.strip():
-        raise _error("P0407", "the prompt is empty", "<prompt>", "give some text to continue")
+        raise user_error("P0407", "the prompt is empty", "<prompt>", "give some text to continue")
     if not chat:
         return list(tokenizer(prompt)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
-        raise _error("P0407", "--chat needs a chat template, and this artifact's tokenizer "
+        raise user_error("P0407", "--chat needs a chat template, and this artifact's tokenizer "
                      "has none", "<prompt>", "run without --chat")
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                          tokenize=False, add_generation_prompt=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+from prunec.compiler.diagnostics import CompileError, user_error
 
 EXIT_FAILED = 1
 EXIT_INT = 130
@@ -24,11 +24,6 @@ RAW = argparse.RawDescriptionHelpFormatter
 
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler (unwinds like KeyboardInterrupt)."""
-
-
-def user_error(code: str, message: str, where: str, hint: str | None = None) -> CompileError:
-    """A CompileError of one diagnostic about a command-line input (a file, an artifact)."""
-    return CompileError((Diagnostic.error(code, message, Span.unknown(where), hint),))
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

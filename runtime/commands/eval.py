@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
+from prunec.compiler.diagnostics import CompileError, Diagnostic, Span, user_error
 from prunec.runtime.commands.common import (
     add_common,
     add_data_args,
@@ -27,7 +27,6 @@ from prunec.runtime.commands.common import (
     check_history_covers,
     data_args,
     load_spec_or_raise,
-    user_error,
     with_signals,
 )
 

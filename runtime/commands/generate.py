@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunec.runtime.commands.common import artifact_onnx, artifact_tokenizer, user_error
+from prunec.compiler.diagnostics import user_error
+from prunec.runtime.commands.common import artifact_onnx, artifact_tokenizer
 
 
 def register(subparsers: Any) -> None:

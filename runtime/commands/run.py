@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prunec.compiler.diagnostics import user_error
 from prunec.runtime.commands.common import (
     add_data_args,
     artifact_tokenizer,
     check_history_covers,
     data_args,
-    user_error,
 )
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
