@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,16 @@ import torch
 from methods_common import load_demo, perplexity, static, tokens, write_json
 
 from prunec.compiler import budget
-from prunec.compiler.ir import DEFAULT_DAMP, Reconstruct, StaticMethod, WidthImportance
+from prunec.compiler.ir import Reconstruct, StaticMethod, WidthImportance
 from prunec.compiler.plan import Plan
 from prunec.passes.methods import MethodOptions, MethodResult, compute_plan
-from prunec.passes.methods.reconstruct import reconstruct, with_setting
+from prunec.passes.methods.reconstruct import reconstruct, resolved_damp, with_setting
 
 PROTOCOLS = {"in-domain": "kjv-eval.txt", "out-of-domain": "licenses.txt"}
+
+
+def damp_arg(text: str) -> float | None:
+    return None if text == "auto" else float(text)
 
 
 def parse() -> argparse.Namespace:
@@ -48,10 +52,16 @@ def parse() -> argparse.Namespace:
                                                      "multipruner", "multipruner-wanda",
                                                      "blockpruner"])
     p.add_argument("--calib", default="2x64", help="samples x seq_len for calibration")
+    p.add_argument("--refit-calib", default=None,
+                   help="samples x seq_len the reconstruction fits on (default: --calib)")
+    p.add_argument("--plan-cache", default=None,
+                   help="a directory: each method/ratio plan is saved there and, when present, "
+                        "read back instead of searched again (to refit a plan differently)")
     p.add_argument("--eval", default="16x128", help="samples x seq_len held out")
     p.add_argument("--settings", nargs="+", default=[r.value for r in Reconstruct],
                    choices=[r.value for r in Reconstruct])
-    p.add_argument("--damp", type=float, default=DEFAULT_DAMP)
+    p.add_argument("--damp", type=damp_arg, default=None,
+                   help="least-squares damp: a number, or auto (the default)")
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--mlp-step", type=int, default=384)
     p.add_argument("--distribution", default="30:70:0")
@@ -70,6 +80,10 @@ def parse() -> argparse.Namespace:
 def merge(paths: list[str], out: str) -> None:
     """Combine the JSON of several (parallel) runs into one table and one JSON file."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    for part in parts:  # runs before rows carried their damp: the run's --damp
+        for row in part["rows"]:
+            if row.get("setting") == Reconstruct.LEAST_SQUARES.value and "damp" not in row:
+                row["damp"] = part["args"].get("damp") or "auto"
     rows = [r for part in parts for r in part["rows"]]
     write_json(Path(out), {"machine": parts[0]["machine"], "runs": [
         {"machine": p["machine"], "args": p["args"]} for p in parts], "rows": rows})
@@ -87,13 +101,15 @@ def main() -> None:
     calib = tokens(lm.tokenizer, "kjv-calib.txt", *map(int, args.calib.split("x")))
     held = {p: tokens(lm.tokenizer, PROTOCOLS[p], *map(int, args.eval.split("x")))
             for p in args.protocols}
+    refit_calib = calib if args.refit_calib is None else tokens(
+        lm.tokenizer, "kjv-calib.txt", *map(int, args.refit_calib.split("x")))
     dist = tuple(float(x) / 100 for x in args.distribution.split(":"))
     out = Path(args.out)
     report: dict[str, Any] = {"machine": run_on.entry(), "args": vars(args), "rows": []}
 
     def record(method: str, ratio: float, result: MethodResult | None) -> None:
         for setting in settings_for(method, result, args.settings):
-            refitted, refit_s = refit(lm, calib, result, setting, args.damp)
+            refitted, refit_s = refit(lm, refit_calib, result, setting, args.damp)
             for protocol, ids in held.items():
                 write_row(method, ratio, refitted, setting, refit_s, protocol, ids)
 
@@ -101,6 +117,8 @@ def main() -> None:
                   refit_s: float, protocol: str, ids: torch.Tensor) -> None:
         row = {"method": method, "ratio": ratio, "setting": setting, "protocol": protocol,
                "refit_s": refit_s, "heldout_ppl": perplexity(lm.model, result, lm.shape, ids)}
+        if setting == Reconstruct.LEAST_SQUARES.value:
+            row["damp"] = "auto" if args.damp is None else args.damp
         if result is not None:
             s = result.stats
             row.update(params=budget.dense_params(lm.shape)
@@ -126,9 +144,29 @@ def main() -> None:
             st = static(StaticMethod(method.removesuffix("-wanda")), ratio, args.mlp_step, dist,
                         WidthImportance.WANDA_SP if method.endswith("-wanda") else None)
             st = replace(st, reconstruct=Reconstruct.OFF)  # settings are applied by record
-            record(method, ratio, compute_plan(st, lm.model, lm.shape, calib,
-                                               MethodOptions(progress=log_step)))
+            record(method, ratio, cached(args.plan_cache, method, ratio, lambda st=st:
+                   compute_plan(st, lm.model, lm.shape, calib, MethodOptions(progress=log_step))))
     print_table(report["rows"])
+
+
+def cached(directory: str | None, method: str, ratio: float, compute: Any) -> MethodResult:
+    """``compute()``, or the plan (and search statistics) a run saved in ``directory``."""
+    from prunec.passes.methods.types import SearchStats, StepScore
+
+    if directory is None:
+        return compute()  # type: ignore[no-any-return]
+    path = Path(directory) / f"{method}-{ratio}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        stats = dict(saved["stats"], trajectory=tuple(StepScore(**t)
+                                                      for t in saved["stats"]["trajectory"]))
+        return MethodResult(Plan.from_json(saved["plan"]), SearchStats(**stats))
+    result: MethodResult = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats_json = {f.name: getattr(result.stats, f.name) for f in fields(result.stats)}
+    stats_json["trajectory"] = [vars(t) for t in result.stats.trajectory]
+    write_json(path, {"plan": result.plan.to_json(), "stats": stats_json})
+    return result
 
 
 def settings_for(method: str, result: MethodResult | None, wanted: list[str]) -> list[str]:
@@ -139,12 +177,13 @@ def settings_for(method: str, result: MethodResult | None, wanted: list[str]) ->
 
 
 def refit(lm: Any, calib: torch.Tensor, result: MethodResult | None, setting: str,
-          damp: float) -> tuple[MethodResult | None, float]:
+          damp: float | None) -> tuple[MethodResult | None, float]:
     """``result`` with the reconstruction ``setting`` (and the seconds it took)."""
     if result is None:
         return None, 0.0
     start = time.perf_counter()
     kind = Reconstruct(setting)
+    damp = resolved_damp(damp, calib)
     refits = reconstruct(kind, damp, lm.model, lm.shape, result.plan, calib, MethodOptions())
     plan = with_setting(result.plan, kind, damp)
     return replace(result, plan=plan, refit=refits), time.perf_counter() - start
@@ -222,6 +261,12 @@ def log_step(event: Any) -> None:
               f"({event.total} candidates)", flush=True)
 
 
+def setting_label(row: dict[str, Any]) -> str:
+    """``off`` / ``bias`` / ``least-squares, damp D`` (older rows: off)."""
+    setting = row.get("setting", "off")
+    return f"{setting}, damp {row['damp']}" if "damp" in row else setting
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     """One table per protocol; a row per method and setting (older rows: in-domain, off)."""
     ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
@@ -229,9 +274,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"[{protocol}]")
         mine = [r for r in rows if r.get("protocol", "in-domain") == protocol]
         print(f"{'method':<32}" + "".join(f"{f'{r:.0%}':>12}" for r in ratios))
-        for key in dict.fromkeys((r["method"], r.get("setting", "off")) for r in mine):
+        for key in dict.fromkeys((r["method"], setting_label(r)) for r in mine):
             cells = {r["ratio"]: r["heldout_ppl"] for r in mine
-                     if (r["method"], r.get("setting", "off")) == key}
+                     if (r["method"], setting_label(r)) == key}
             name = key[0] if key[0] == "dense" else f"{key[0]} ({key[1]})"
             print(f"{name:<32}" + "".join(f"{cells[r]:>12.2f}" if r in cells else f"{'-':>12}"
                                           for r in ratios)

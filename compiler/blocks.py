@@ -20,10 +20,12 @@ from prunec.compiler import names
 from prunec.compiler import syntax as sx
 from prunec.compiler.diagnostics import Diagnostic, Span
 from prunec.compiler.ir import (
-    DEFAULT_DAMP,
     DEFAULT_MAX_LEN,
+    HALF_DTYPES,
     DataFormat,
     DatasetDecl,
+    Device,
+    DeviceKind,
     Distribution,
     DType,
     ExportDType,
@@ -62,6 +64,13 @@ def _enum(kind: type[E], aliases: dict[str, E] | None = None
         return sx.word(v, key, kind, sink, aliases)
 
     return convert
+
+
+def _damp(v: sx.Value, key: str, sink: list[Diagnostic]) -> float | None:
+    """``auto`` (None: ``ir.damp_for`` picks it from the calibration size) or a fraction."""
+    if isinstance(v, sx.Word) and v.name == "auto":
+        return None
+    return sx.fraction(v, key, sink)
 
 
 def _words(kind: type[E]) -> Callable[[sx.Value, str, list[Diagnostic]], tuple[E, ...] | None]:
@@ -122,9 +131,19 @@ def _distribution(v: sx.Value, key: str, sink: list[Diagnostic]) -> Distribution
 
 # ------------------------------------------------------------------------ schemas
 
+def _device(v: sx.Value, key: str, sink: list[Diagnostic]) -> Device | None:
+    """``auto``, ``cpu``, ``cuda`` (words) or ``"cuda:N"`` (a string: ``:`` is no word)."""
+    text = v.name if isinstance(v, sx.Word) else v.text if isinstance(v, sx.Str) else None
+    device = None if text is None else Device.parse(text, v.span)
+    if device is None:
+        sx.wrong_type(v, key, 'auto, cpu, cuda or "cuda:N"', sink)
+    return device
+
+
 DTYPE = Key("dtype", _enum(DType, DTYPE_ALIASES), DType.FLOAT32, "float32")
 REVISION = Key[str | None]("revision", sx.string, None, applies=("hub",))
-MODEL = Schema("model", (DTYPE, REVISION), "models")
+DEVICE = Key("device", _device, Device(), "auto")
+MODEL = Schema("model", (DTYPE, REVISION, DEVICE), "models")
 
 SAMPLES = Key("samples", sx.integer, 64, "64")
 SEQ_LEN = Key("seq_len", sx.integer, 256, "256")
@@ -158,7 +177,7 @@ _REFIT = ("multipruner", "magnitude", "wanda-sp", "flap")
 RECONSTRUCT = Key[Reconstruct | None](
     "reconstruct", _enum(Reconstruct), None, "off (bias for flap)", applies=_REFIT,
     hint="blockpruner removes whole blocks: no projection is left to refit")
-DAMP = Key("damp", sx.fraction, DEFAULT_DAMP, str(DEFAULT_DAMP), applies=_REFIT)
+DAMP = Key[float | None]("damp", _damp, None, "auto", applies=_REFIT)
 PRUNE = Schema("prune", (TARGET, DISTRIBUTION, STEPS, SCORE, PROTECT, REORDER, IMPORTANCE,
                          SCOPE, RECONSTRUCT, DAMP))
 PLAN = Schema("plan", (SCORE, RECONSTRUCT, DAMP))
@@ -190,6 +209,21 @@ ONNX = Schema("export onnx", (OPSET, GATING, PROVIDERS, FUSE, MAX_LEN, KV_CACHE,
 HF = Schema("export hf", ())
 
 SCHEMAS = (MODEL, DATASET, PRUNE, TARGET_GROUP, STEPS_GROUP, PLAN, PROBE, ONNX, HF)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def model_settings(f: Fields, sink: list[Diagnostic]) -> tuple[DType, Device]:
+    """The model block's dtype and device; a half dtype on ``device = cpu`` is P0229 (torch
+    on this CPU runs bfloat16 many times slower than float32 and lacks float16 matmuls)."""
+    dtype, device = f.get(DTYPE, sink), f.get(DEVICE, sink)
+    if dtype in HALF_DTYPES and device.kind is DeviceKind.CPU:
+        span = f.attrs["dtype"].span
+        sink.append(Diagnostic.error(
+            "P0229", f"dtype {dtype.value} needs a CUDA device, not device = cpu", span,
+            "use dtype = float32 on the CPU, or device = cuda / auto"))
+    return dtype, device
 
 
 # ------------------------------------------------------------------------ datasets

@@ -22,6 +22,7 @@ from pathlib import Path
 from prunec.compiler import files, names
 from prunec.compiler.budget import dense_params, layer_ratio
 from prunec.compiler.diagnostics import Diagnostic, Span
+from prunec.compiler.families import family
 from prunec.compiler.ir import (
     MAX_OPSET,
     MAX_SEQ,
@@ -36,6 +37,7 @@ from prunec.compiler.ir import (
     ParamsGate,
     PerplexityGate,
     ProbeMetric,
+    ProbeMode,
     Reconstruct,
     RemoveBlock,
     SelectorKind,
@@ -282,10 +284,10 @@ def _block(spec: Spec) -> str:
     return "prune" if spec.static else "plan"
 
 
-def _gram_rank(ctx: Context, setting: Reconstruct, damp: float, score: str | None,
+def _gram_rank(ctx: Context, setting: Reconstruct, damp: float | None, score: str | None,
                span: Span) -> Iterator[Diagnostic]:
     known = {d.name: d for d in ctx.spec.datasets}
-    if setting is not Reconstruct.LEAST_SQUARES or damp > 0 or ctx.shape is None:
+    if setting is not Reconstruct.LEAST_SQUARES or damp != 0 or ctx.shape is None:
         return
     if score not in known:
         return
@@ -390,6 +392,9 @@ def check_probe(ctx: Context) -> Iterator[Diagnostic]:
     if p.compensate and p.metric is not ProbeMetric.PPSP:
         yield _err("P0222", f"compensate = on needs metric = ppsp, not {p.metric.value}", p.span,
                    "flap brings its own bias compensation; wanda-sp has none")
+    if p.mode is ProbeMode.PROMPT and p.metric is not ProbeMetric.PPSP:
+        yield _err("P0230", f"mode = prompt scores each prompt with ppsp, not {p.metric.value}",
+                   p.span, "a static metric's kept set does not depend on the prompt")
     if history_dataset(ctx.spec) is None:
         yield _err("P0212", "the probe policy needs a calibration dataset for its history",
                    p.span, "add history = <dataset> to the probe block")
@@ -419,7 +424,11 @@ def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
     p, shape, export = ctx.spec.probe, ctx.shape, ctx.spec.onnx_export()
     if p is None or shape is None:
         return
-    if shape.mlp_act != "silu":
+    if not family(shape.architecture).probe:
+        yield _err("P0226", f"probe gating is not built for {shape.architecture} models "
+                   "(see the README's supported models)", p.span,
+                   "prune it with a static method instead")
+    elif shape.mlp_act != "silu":
         yield _err("P0226", f"probe gating needs a SiLU MLP; this model's is {shape.mlp_act}",
                    p.span, "prune it with a static method instead")
     max_len = export.max_len if export is not None and export.gating else None

@@ -72,6 +72,8 @@ CODES: dict[str, str] = {
     "P0225": "a dataset's seq_len is longer than the gated graph's max_len",
     "P0226": "the model's MLP or attention is one probe gating cannot express",
     "P0228": "least-squares reconstruction with damp = 0 has fewer calibration tokens than kept inputs",
+    "P0229": "a half model dtype (float16, bfloat16) on device = cpu: half dtypes need a CUDA device",
+    "P0230": "probe mode = prompt with a static metric (prompt mode scores with ppsp)",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",
@@ -85,6 +87,7 @@ CODES: dict[str, str] = {
     "P0405": "a quality gate failed",
     "P0406": "the output directory (or a build file beside it) exists and is not prunec's, unchanged",
     "P0407": "a generation request the artifact cannot serve (an empty prompt, one that fills the context, --chat without a chat template)",
+    "P0408": "the requested torch device is not available (device = cuda, --device cuda without a GPU)",
     # graph capture and passes (passes/)
     "P0501": "the model is not a Llama-style decoder prunec can prune",
     "P0502": "a decoder layer lacks an expected linear projection",
@@ -98,6 +101,7 @@ CODES: dict[str, str] = {
     "P0703": "the plan lock does not match the calibration data",
     "P0704": "a plan file cannot be read",
     "P0705": "the resume file belongs to another search or is damaged",
+    "P0706": "a distributed search cannot run (--workers / --ray-address without Ray installed, an unreachable cluster, workers that keep dying)",
 }
 
 WARNINGS: frozenset[str] = frozenset({"P0217", "P0220", "P0304"})

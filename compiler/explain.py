@@ -58,13 +58,13 @@ def explain(spec: Spec, shape: ModelShape, spec_dir: Path) -> Explanation:
     dense = _count(budget.dense_params(shape))
     steps = [f"Load {_model_words(spec)} ({shape.n_layers} layers, {dense} parameters)."]
     if spec.static:
-        rows += _static_rows(spec.static, shape)
+        rows += _static_rows(spec.static, shape, spec.refit_damp())
         steps.append(_static_words(spec.static, shape))
-        steps += _refit_words(spec.static.reconstruction, spec.static.damp)
+        steps += _refit_words(spec.static.reconstruction, spec.refit_damp())
     if spec.plan:
-        rows += _plan_rows(spec.plan, shape)
+        rows += _plan_rows(spec.plan, shape, spec.refit_damp())
         steps.append(f"Apply the manual plan ({len(spec.plan.actions)} actions).")
-        steps += _refit_words(spec.plan.reconstruct, spec.plan.damp)
+        steps += _refit_words(spec.plan.reconstruct, spec.refit_damp())
     if spec.probe:
         rows += _probe_rows(spec.probe, shape, history_dataset(spec))
         steps.append(_probe_words(spec.probe, shape))
@@ -128,7 +128,7 @@ def _dataset_rows(spec: Spec, spec_dir: Path) -> list[Row]:
 # ----------------------------------------------------------------------- static
 
 
-def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
+def _static_rows(s: StaticPrune, shape: ModelShape, damp: str) -> list[Row]:
     rows = [Row("static", "method", s.method.value), Row("static", "target", _target(s))]
     if s.method.value == "multipruner":
         d = s.distribution
@@ -143,7 +143,7 @@ def _static_rows(s: StaticPrune, shape: ModelShape) -> list[Row]:
     rows += [Row("static", "score on", s.score_dataset or "(weights only)"),
              Row("static", "protect", _layers(resolved(s.protect, shape.n_layers)))]
     if s.method is not StaticMethod.BLOCKPRUNER:
-        rows.append(Row("static", "refit", _refit(s.reconstruction, s.damp)))
+        rows.append(Row("static", "refit", _refit(s.reconstruction, damp)))
     goal = budget.params_goal(s, shape)
     if goal is not None:
         dense = budget.dense_params(shape)
@@ -201,7 +201,7 @@ def _balanced_heads(n: int, shape: ModelShape) -> tuple[int, ...]:
     return tuple(g * shape.group_size + j for g in range(groups) for j in range(per))
 
 
-def _plan_rows(manual: ManualPlan, shape: ModelShape) -> list[Row]:
+def _plan_rows(manual: ManualPlan, shape: ModelShape, damp: str) -> list[Row]:
     plan = estimate_manual_plan(manual, shape)
     dense = budget.dense_params(shape)
     after = param_count(shape, plan)
@@ -209,17 +209,17 @@ def _plan_rows(manual: ManualPlan, shape: ModelShape) -> list[Row]:
     rows.append(Row("plan", "parameters", f"{_count(dense)} -> {_count(after)} "
                     f"(-{(dense - after) / dense:.1%})"))
     if manual.reconstruct is not Reconstruct.OFF:
-        rows.append(Row("plan", "refit", _refit(manual.reconstruct, manual.damp)
+        rows.append(Row("plan", "refit", _refit(manual.reconstruct, damp)
                         + f", on {manual.score_dataset}"))
     return rows
 
 
-def _refit(setting: Reconstruct, damp: float) -> str:
-    return f"{setting.value} (damp {damp:g})" if setting is Reconstruct.LEAST_SQUARES \
+def _refit(setting: Reconstruct, damp: str) -> str:
+    return f"{setting.value} (damp {damp})" if setting is Reconstruct.LEAST_SQUARES \
         else setting.value
 
 
-def _refit_words(setting: Reconstruct, damp: float) -> list[str]:
+def _refit_words(setting: Reconstruct, damp: str) -> list[str]:
     """The build step a reconstruction adds (none for ``off``)."""
     if setting is Reconstruct.OFF:
         return []
@@ -228,7 +228,7 @@ def _refit_words(setting: Reconstruct, damp: float) -> list[str]:
                  "biases (reconstruct = bias).")]
     return [("Refit the kept o_proj / down_proj columns and a bias by ridge regression on "
              "calibration activations, layer by layer (reconstruct = least-squares, damp "
-             f"{damp:g}).")]
+             f"{damp}).")]
 
 
 def _action_words(a: object, shape: ModelShape) -> str:
@@ -254,19 +254,30 @@ def _probe_rows(p: ProbePolicy, shape: ModelShape, history: str | None) -> list[
             f"{live} layers"),
         Row("probe", "targets", ", ".join(t.value for t in p.targets)),
         Row("probe", "skip", _layers(skip)),
-        Row("probe", "probe", "the whole batch" if p.mode.value == "full-batch" else
-            f"{_pct(p.token_fraction)} of tokens x {_pct(p.sample_fraction)} of samples"),
-        Row("probe", "history", f"EMA momentum {p.momentum}, initialised from "
-            f"{history or '(none)'}"),
+        Row("probe", "probe", _probe_what(p)),
+        Row("probe", "history", ("read only" if p.mode.value == "prompt" else
+                                 f"EMA momentum {p.momentum}") +
+            f", initialised from {history or '(none)'}"),
         Row("probe", "metric", f"{p.metric.value}, kept counts rounded to {p.round_to}"),
         Row("probe", "compensate", "skipped units add the probe's mean activation times their "
             "weights" if p.compensate else "off (skipped units contribute nothing)"),
     ]
 
 
+def _probe_what(p: ProbePolicy) -> str:
+    if p.mode.value == "full-batch":
+        return "the whole batch"
+    if p.mode.value == "prompt":
+        return f"{_pct(p.token_fraction)} of each prompt's tokens, once per sequence"
+    return f"{_pct(p.token_fraction)} of tokens x {_pct(p.sample_fraction)} of samples"
+
+
 def _probe_words(p: ProbePolicy, shape: ModelShape) -> str:
-    return (f"At run time, probe each batch and drop {_pct(p.ratio)} of "
-            f"{' and '.join(t.value for t in p.targets)} per batch ({p.metric.value}).")
+    units = f"{_pct(p.ratio)} of {' and '.join(t.value for t in p.targets)}"
+    if p.mode.value == "prompt":
+        return (f"At prefill, probe each prompt (dense) and drop {units} for its decode "
+                f"({p.metric.value}).")
+    return f"At run time, probe each batch and drop {units} per batch ({p.metric.value})."
 
 
 # ----------------------------------------------------------------------- output

@@ -45,6 +45,46 @@ class ExportDType(enum.Enum):
     FLOAT16 = "float16"
 
 
+HALF_DTYPES = (DType.FLOAT16, DType.BFLOAT16)  # model dtypes that need a CUDA device
+
+
+class DeviceKind(enum.Enum):
+    AUTO = "auto"  # CUDA when torch finds a GPU, else the CPU (resolved at build time)
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a build's torch work runs (``model { device = ... }``, ``build --device``);
+    ``index`` is N of ``cuda:N`` (None: the current CUDA device)."""
+
+    kind: DeviceKind = DeviceKind.AUTO
+    index: int | None = None
+    span: Span | None = None  # the spec's ``device`` value; None: the default or the flag
+
+    @property
+    def name(self) -> str:
+        """As torch spells it: ``cpu``, ``cuda``, ``cuda:1`` (``auto`` before resolution)."""
+        return self.kind.value if self.index is None else f"{self.kind.value}:{self.index}"
+
+    @staticmethod
+    def parse(text: str, span: Span | None = None) -> Device | None:
+        """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; None for anything else.
+
+        >>> Device.parse("cuda:1").name, Device.parse("cpu").kind, Device.parse("gpu")
+        ('cuda:1', <DeviceKind.CPU: 'cpu'>, None)
+        """
+        kind, colon, index = text.partition(":")
+        if kind not in {k.value for k in DeviceKind}:
+            return None
+        if not colon:
+            return Device(DeviceKind(kind), None, span)
+        if kind != "cuda" or not index.isdigit():
+            return None
+        return Device(DeviceKind.CUDA, int(index), span)
+
+
 @dataclass(frozen=True)
 class ModelDecl:
     source: ModelSource
@@ -52,6 +92,7 @@ class ModelDecl:
     dtype: DType
     span: Span
     revision: str | None = None  # hub revision
+    device: Device = Device()  # where calibration, scoring, search and refits run
 
 
 # ------------------------------------------------------------------------- datasets
@@ -152,7 +193,21 @@ class Reconstruct(enum.Enum):
     LEAST_SQUARES = "least-squares"  # ridge refit of the kept columns + a bias, layer by layer
 
 
-DEFAULT_DAMP = 0.1  # least-squares ridge, relative to the mean diagonal of the Gram matrix
+DAMP_PRIOR_TOKENS = 400  # damp = auto: a ridge worth this many calibration tokens
+
+
+def damp_for(damp: float | None, tokens: int) -> float:
+    """The least-squares ridge a refit on ``tokens`` calibration tokens runs with: ``damp``
+    as written, or for ``damp = auto`` (None) DAMP_PRIOR_TOKENS / tokens, at most 1.
+
+    damp is relative to the Gram matrix's mean diagonal, which grows with the tokens; a
+    fixed relative damp is a prior that weakens as data is added only in proportion, so a
+    small calibration set overfits its text. auto keeps the prior's weight fixed in tokens
+    instead: 0.1 at 4,096 tokens (the best of 0.01 / 0.1 / 0.3 / 1 there) and 0.39 at 1,024
+    (where 0.3 beat 0.1; ``bench/results/reconstruct_damp.json``)."""
+    if damp is not None:
+        return damp
+    return min(1.0, DAMP_PRIOR_TOKENS / max(1, tokens))
 
 
 @dataclass(frozen=True)
@@ -199,7 +254,7 @@ class StaticPrune:
     span: Span
     importance: WidthImportance | None = None  # multipruner reorder criterion; None = magnitude
     reconstruct: Reconstruct | None = None  # None: the method's default (``reconstruction``)
-    damp: float = DEFAULT_DAMP  # least-squares ridge (relative); [0, 1]
+    damp: float | None = None  # least-squares ridge (relative), [0, 1]; None: auto (damp_for)
 
     @property
     def reconstruction(self) -> Reconstruct:
@@ -250,7 +305,7 @@ class ManualPlan:
     actions: tuple[PlanAction, ...]
     span: Span
     reconstruct: Reconstruct = Reconstruct.OFF  # needs ``score`` unless off
-    damp: float = DEFAULT_DAMP
+    damp: float | None = None  # None: auto (damp_for)
     score_dataset: str | None = None  # calibration data for the reconstruction
 
 
@@ -271,6 +326,7 @@ class ProbeMetric(enum.Enum):
 class ProbeMode(enum.Enum):
     PROBE = "probe"  # a small probe of the batch (token/sample fractions)
     FULL_BATCH = "full-batch"  # the whole batch is the probe (upper bound)
+    PROMPT = "prompt"  # per sequence, once: the prompt's probe fixes the decode's kept sets
 
 
 @dataclass(frozen=True)
@@ -381,9 +437,22 @@ class Spec:
             return self.static.score_dataset
         return self.plan.score_dataset if self.plan is not None else None
 
+    def refit_damp(self) -> str:
+        """The least-squares damp a build runs with, as explain shows it (``damp_for`` on
+        the score dataset's samples x seq_len): "0.1", or "auto: 0.39"."""
+        owner = self.static or self.plan
+        damp = owner.damp if owner is not None else None
+        d = next((d for d in self.datasets if d.name == self.score_dataset()), None)
+        value = damp_for(damp, d.samples * d.seq_len if d is not None else 0)
+        return f"{value:.2g}" if damp is not None else f"auto: {value:.2g}"
+
     def onnx_export(self) -> OnnxExport | None:
         """The ONNX export (lowering adds the implicit one: never None for a checked spec)."""
         return next((e for e in self.exports if isinstance(e, OnnxExport)), None)
+
+    def hf_exports(self) -> tuple[HfExport, ...]:
+        """The ``export hf`` blocks (they need the torch model after the ONNX compile)."""
+        return tuple(e for e in self.exports if isinstance(e, HfExport))
 
     def eval_datasets(self) -> tuple[str, ...]:
         names = dict.fromkeys(self.evaluate)  # ordered, each once

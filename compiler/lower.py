@@ -140,7 +140,8 @@ class Lower(Transformer[Token, Any]):
         kind, loc_tok, body = c
         source = sx.word(self.word(kind), "model kind", ModelSource, self.sink)
         f = self._fields(body, meta, bl.MODEL, source and source.value)
-        dtype, revision = f.get(bl.DTYPE, self.sink), f.get(bl.REVISION, self.sink)
+        dtype, device = bl.model_settings(f, self.sink)
+        revision = f.get(bl.REVISION, self.sink)
         location = None if loc_tok is None else sx.unescape(str(loc_tok), self.tspan(loc_tok),
                                                             self.sink)
         if source is None:
@@ -148,7 +149,7 @@ class Lower(Transformer[Token, Any]):
             source = ModelSource.DEMO
         else:
             self._check_location(source, location, meta)
-        return ModelDecl(source, location, dtype, self.span(meta), revision)
+        return ModelDecl(source, location, dtype, self.span(meta), revision, device)
 
     def _check_location(self, source: ModelSource, location: str | None, meta: Meta) -> None:
         if source is ModelSource.DEMO and location is not None:

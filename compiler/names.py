@@ -32,9 +32,19 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def onnx_sidecars(file: str) -> tuple[str, ...]:
     """What the exporters write beside ``file``: external data, for a gated graph its
     initial history and manifest (``model.onnx.data``, ``model.history.npz``, ...), for a
-    static one its KV-cache manifest (``model.kv.json``)."""
+    static one its KV-cache manifest (``model.kv.json``), for a prompt-mode one its other
+    graphs (``prompt_graph_files``)."""
     stem = file.removesuffix(".onnx")
-    return file + ".data", stem + ".history.npz", stem + ".gating.json", kv_manifest_file(file)
+    graphs = tuple(g for g in prompt_graph_files(file).values() if g != file)
+    return (file + ".data", stem + ".history.npz", stem + ".gating.json", kv_manifest_file(file),
+            *graphs, *(g + ".data" for g in graphs))
+
+
+def prompt_graph_files(file: str) -> dict[str, str]:
+    """A ``probe { mode = prompt }`` artifact's graphs (``runtime.prompt_mode``): the prefill
+    is ``file`` itself, then ``model.gather.onnx`` and ``model.decode.onnx`` beside it."""
+    stem = file.removesuffix(".onnx")
+    return {"prefill": file, "gather": stem + ".gather.onnx", "decode": stem + ".decode.onnx"}
 
 
 def kv_manifest_file(file: str) -> str:

@@ -9,7 +9,7 @@ with ``find_spec``, never imported). Every failure is a ``ShapeProblem`` (code, 
 hint) for the caller to attach to the model declaration's span; nothing else is raised.
 
 This module is the one home of what a usable config is: ``SUPPORTED`` (the model families
-prunec prunes; ``runtime.models`` imports it) and ``shape_from_config_dict`` (every size a
+of ``compiler.families``' support table) and ``shape_from_config_dict`` (every size a
 positive integer, not a bool or a float; heads divisible by key/value heads; hidden divisible
 by heads when ``head_dim`` is not given; an even head size; a causal-LM architecture), which ``prunec check``
 runs on config.json and the model loader on the same file before any weight is read.
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunec.compiler.families import supported
 from prunec.compiler.ir import SMOLLM2_135M, ModelDecl, ModelShape, ModelSource
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = supported()  # the families of the support table (compiler.families)
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -88,8 +89,8 @@ def from_config(config: Path) -> ModelShape:
 
 
 def attention_biases(model_type: str, attention_bias: object) -> tuple[bool, bool]:
-    """(q/k/v biases, o_proj bias): Qwen2 always has q/k/v biases and no o_proj bias; Llama
-    and Mistral have all four when the config's ``attention_bias`` is true."""
+    """(q/k/v biases, o_proj bias): Qwen2 always has q/k/v biases and no o_proj bias; Llama,
+    Mistral and Qwen3 have all four when the config's ``attention_bias`` is true."""
     if model_type == "qwen2":
         return True, False
     return bool(attention_bias), bool(attention_bias)
@@ -152,10 +153,12 @@ def config_bool(c: Mapping[str, Any], key: str, where: str) -> bool:
 
 
 def activation(c: Mapping[str, Any], where: str) -> str:
-    """The MLP activation (``hidden_act``; SiLU when absent, as in transformers)."""
-    value = c.get("hidden_act", "silu")
+    """The MLP activation: Gemma's ``hidden_activation`` when set, else ``hidden_act``
+    (SiLU when absent, as in transformers)."""
+    key = "hidden_activation" if c.get("hidden_activation") is not None else "hidden_act"
+    value = c.get(key, "silu")
     if not isinstance(value, str) or not value:
-        raise ShapeProblem("P0303", f"{where}: hidden_act must be a name, not {_show(value)}")
+        raise ShapeProblem("P0303", f"{where}: {key} must be a name, not {_show(value)}")
     return value
 
 

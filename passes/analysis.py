@@ -1,4 +1,9 @@
-"""Structure analysis of a captured Llama-style graph: layers, blocks and coupled groups.
+"""Structure analysis of a captured decoder graph: layers, blocks and coupled groups.
+
+Every family of ``compiler.families`` reaches this module in Llama's layout: fused
+projections (Phi-3) are split at capture (``passes.unfuse``); per-head q/k norms (Qwen3,
+Gemma 3) act on head_dim, shared by all heads, so they couple nothing; a post-block norm
+(Gemma) lies between a block's output projection and its residual add.
 
 Input: the unlifted GraphModule from ``passes.capture``. Each ``call_function`` node's
 ``nn_module_stack`` metadata names its innermost module; its path tells the layer and role:
@@ -9,8 +14,10 @@ the ``get_attr`` arguments of the linear nodes (their targets are parameter path
 
 Structures found (all names are node names or get_attr targets, so they stay valid while
 passes rewrite the graph around them):
-- attention block = input norm + attention + the residual add ``x + o_proj(...)``;
-- MLP block = post-attention norm + MLP + the residual add ``x + down_proj(...)``;
+- attention block = input norm + attention + the residual add ``x + o_proj(...)``
+  (Gemma: ``x + post_attention_layernorm(o_proj(...))``);
+- MLP block = post-attention norm + MLP + the residual add ``x + down_proj(...)``
+  (Gemma: pre- and post-feed-forward norms around the MLP);
   removing a block routes the add's users to its skip argument ``x``;
 - coupled groups, the units of width pruning (Torch-Pruning's dependency groups):
   MLP channel k = row k of gate/up (+ bias) and column k of down;
@@ -37,7 +44,7 @@ from prunec.compiler.ir import ModelShape
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 _PATH = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.(self_attn|mlp)\.(\w+)|\.(\w+))?$")
-_HINT = "prunec supports Llama-style decoders (Llama, SmolLM2, Mistral, Qwen2)"
+_HINT = "prunec supports the families of compiler/families.py (the README's supported models)"
 
 
 @dataclass(frozen=True)
@@ -176,18 +183,29 @@ def find_linears(gm: GraphModule) -> dict[int, dict[str, LinearSite]]:
 
 
 def find_residual(gm: GraphModule, start: str, layer: int) -> Residual | None:
-    """The add in layer ``layer``'s own scope reached from ``start`` through single users."""
-    node = _node(gm, start)
-    for _ in range(8):
-        if len(node.users) != 1:
-            return None
-        user = next(iter(node.users))
-        if user.target is torch.ops.aten.add.Tensor and role(user) == (layer, "layer"):
-            if len(user.args) != 2 or user.args[1] is not node and user.args[0] is not node:
-                return None
-            return Residual(user.name, 0 if user.args[1] is node else 1)
-        node = user
-    return None
+    """The residual add in layer ``layer``'s own scope that ``start``'s output reaches.
+
+    The way there may pass a dropout (Phi-3) or a post-block norm (Gemma's
+    ``post_attention_layernorm`` / ``post_feedforward_layernorm``): every node on it belongs
+    to the layer but is not the layer's own code, and the first residual add reached is the
+    only one; its other argument is the stream ``x``."""
+    seen, frontier, adds = {start}, [_node(gm, start)], set()
+    while frontier and len(seen) < 64:
+        for user in frontier.pop().users:
+            where = role(user)
+            if where == (layer, "layer") and user.target is torch.ops.aten.add.Tensor:
+                adds.add(user)
+            elif where is not None and where[0] == layer and where[1] != "layer" and (
+                    user.name not in seen):
+                seen.add(user.name)
+                frontier.append(user)
+    if len(adds) != 1:
+        return None
+    add = adds.pop()
+    inside = [isinstance(a, Node) and a.name in seen for a in add.args]
+    if len(add.args) != 2 or inside.count(True) != 1:
+        return None
+    return Residual(add.name, inside.index(False))
 
 
 def find_repeat_kv(gm: GraphModule, layer: int) -> tuple[RepeatKV, ...]:

@@ -27,7 +27,10 @@ KV-cache capture (``capture(..., kv_cache=True)``, the ONNX cache contract of
 ``position_ids`` [b, s] and a tuple of past keys/values (key then value per layer,
 [b, kv_heads, past, head_dim]); it builds a transformers ``DynamicCache`` from them, calls
 the model with ``use_cache=True`` and returns ``(logits, present key 0, present value 0,
-...)`` (each present is ``cat(past, new)`` along the sequence axis). The padding-aware
+...)`` (each present is ``cat(past, new)`` along the sequence axis). The cache is built
+without the model's config, so every layer keeps its whole past: a sliding-window layer
+(Mistral, Gemma) gets the same contract as the others, and its window is the attention
+mask's (transformers' masking_utils applies it from the config), not a cropped cache. The padding-aware
 causal mask is built in the graph by transformers' masking_utils from ``attention_mask``.
 ``flatten_io`` then gives the GraphModule a flat signature (``forward(input_ids,
 attention_mask, position_ids, past_key_values_0, ...)`` returning a tuple; the pytree
@@ -40,7 +43,9 @@ Invariants:
 - the captured module computes the same logits as the model (it shares the model's weight
   tensors; the passes replace attributes, they never write into those tensors);
 - every ``call_function`` node inside a decoder layer carries ``nn_module_stack`` metadata
-  naming its innermost module (``...layers.3.mlp.down_proj``), which ``analysis`` reads.
+  naming its innermost module (``...layers.3.mlp.down_proj``), which ``analysis`` reads;
+- every family's projections are separate linears: Phi-3's fused ``qkv_proj`` and
+  ``gate_up_proj`` are split by ``passes.unfuse`` before the graph is returned.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.fx import GraphModule
+
+from prunec.passes.unfuse import unfuse_projections
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ class CachedLM(nn.Module):
         from transformers import DynamicCache
 
         pairs = list(zip(past_key_values[0::2], past_key_values[1::2], strict=True))
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)  # type: ignore[arg-type]
+        cache = DynamicCache(ddp_cache_data=pairs)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, cache=cache, use_cache=True)
         presents = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
@@ -137,11 +144,13 @@ def capture(model: nn.Module, config: CaptureConfig = DEFAULT_CAPTURE) -> GraphM
     if not config.kv_cache:
         gm = export_logits(LogitsOnly(model), config).module()
         assert isinstance(gm, GraphModule)
-        return gm
-    layout = dense_layout(model.config)
-    dtype = next(model.parameters()).dtype
-    ep = export_cached(CachedLM(model), config, cache_examples(config, layout, dtype), True)
-    return flatten_io(ep.module())
+    else:
+        layout = dense_layout(model.config)
+        dtype = next(model.parameters()).dtype
+        ep = export_cached(CachedLM(model), config, cache_examples(config, layout, dtype), True)
+        gm = flatten_io(ep.module())
+    unfuse_projections(gm)
+    return gm
 
 
 def dense_layout(mcfg: Any) -> list[tuple[int, int]]:

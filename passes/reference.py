@@ -7,12 +7,15 @@ per-layer pieces) to score candidates. Rules (docs/algorithms.md §1):
 - MLP channel k is row k of gate_proj and up_proj and column k of down_proj;
 - query head h is rows [h*d, (h+1)*d) of q_proj and the same columns of o_proj; under GQA
   query head h reads KV head h // group_size. Kept heads are equal per kept KV group; the
-  k/v rows of a KV group go only when none of its query heads is kept.
+  k/v rows of a KV group go only when none of its query heads is kept;
+- fused projections (Phi-3's qkv_proj, gate_up_proj) keep the same rows of each part;
+  per-head norms (Qwen3's q_norm/k_norm, over head_dim) and post-block norms (Gemma) stay.
 Weights shrink physically (new ``nn.Linear``s); the model is modified in place.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -44,6 +47,7 @@ class ZeroMLP(nn.Module):
 
 def select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping ``index`` along ``dim`` of the weight (0 = outputs, 1 = inputs)."""
+    index = index.to(linear.weight.device)
     weight = linear.weight.detach().index_select(dim, index).clone()
     out_f, in_f = weight.shape
     bias = linear.bias is not None
@@ -68,20 +72,63 @@ def prune_attention_(attn: Any, lp: LayerPlan, shape: ModelShape) -> None:
     d = shape.head_dim
     kv_kept = lp.kv_groups_kept(shape)
     rows = head_rows(lp.kept_heads, d)
-    attn.q_proj = select_linear(attn.q_proj, rows, 0)
     attn.o_proj = select_linear(attn.o_proj, rows, 1)
     kv_rows = head_rows(kv_kept, d)
-    attn.k_proj = select_linear(attn.k_proj, kv_rows, 0)
-    attn.v_proj = select_linear(attn.v_proj, kv_rows, 0)
+    if hasattr(attn, "qkv_proj"):
+        prune_fused_qkv_(attn, rows, kv_rows, shape)
+    else:
+        attn.q_proj = select_linear(attn.q_proj, rows, 0)
+        attn.k_proj = select_linear(attn.k_proj, kv_rows, 0)
+        attn.v_proj = select_linear(attn.v_proj, kv_rows, 0)
     attn.num_key_value_groups = len(lp.kept_heads) // len(kv_kept)
+
+
+def prune_fused_qkv_(attn: Any, rows: torch.Tensor, kv_rows: torch.Tensor,
+                     shape: ModelShape) -> None:
+    """Phi-3's ``qkv_proj`` (rows [Q heads | K groups | V groups]): keep the kept heads' rows
+    of each part. Phi-3 finds the parts from ``config.num_attention_heads`` and
+    ``num_key_value_heads``, so the layer gets its own copy of the config with its counts."""
+    q, kv = shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim
+    attn.qkv_proj = select_linear(attn.qkv_proj, torch.cat([rows, kv_rows + q,
+                                                            kv_rows + q + kv]), 0)
+    attn.config = copy.copy(attn.config)
+    attn.config.num_attention_heads = len(rows) // shape.head_dim
+    attn.num_key_value_heads = len(kv_rows) // shape.head_dim
 
 
 def prune_mlp_(mlp: Any, channels: tuple[int, ...]) -> None:
     """Keep ``channels`` of a gate/up/down MLP, in place."""
     index = torch.tensor(channels, dtype=torch.long)
-    mlp.gate_proj = select_linear(mlp.gate_proj, index, 0)
-    mlp.up_proj = select_linear(mlp.up_proj, index, 0)
+    if hasattr(mlp, "gate_up_proj"):  # Phi-3: rows [gate | up], split by chunk(2)
+        both = torch.cat([index, index + mlp.down_proj.in_features])
+        mlp.gate_up_proj = select_linear(mlp.gate_up_proj, both, 0)
+    else:
+        mlp.gate_proj = select_linear(mlp.gate_proj, index, 0)
+        mlp.up_proj = select_linear(mlp.up_proj, index, 0)
     mlp.down_proj = select_linear(mlp.down_proj, index, 1)
+
+
+# projection -> (block, the fused projection holding it, its part in row order): Phi-3's
+# layout, the one table ``passes.unfuse`` and ``runtime.models`` read too
+FUSED_PARTS = {"q_proj": ("self_attn", "qkv_proj", 0), "k_proj": ("self_attn", "qkv_proj", 1),
+               "v_proj": ("self_attn", "qkv_proj", 2), "gate_proj": ("mlp", "gate_up_proj", 0),
+               "up_proj": ("mlp", "gate_up_proj", 1)}
+
+
+def projection_weight(layer: Any, name: str) -> torch.Tensor:
+    """The weight of projection ``name`` (q/k/v_proj, gate/up_proj) of a decoder layer; for
+    Phi-3 its rows of the fused ``qkv_proj`` / ``gate_up_proj`` (a view, not a copy)."""
+    block_name, fused_name, part = FUSED_PARTS[name]
+    block = getattr(layer, block_name)
+    if not hasattr(block, fused_name):
+        weight: torch.Tensor = getattr(block, name).weight
+        return weight
+    fused: torch.Tensor = getattr(block, fused_name).weight
+    if fused_name == "gate_up_proj":
+        return fused.chunk(2, dim=0)[part]
+    q = int(block.config.num_attention_heads * block.head_dim)
+    kv = int(block.num_key_value_heads * block.head_dim)
+    return fused.narrow(0, (0, q, q + kv)[part], (q, kv, kv)[part])
 
 
 def apply_layer_plan_(layer: Any, lp: LayerPlan, shape: ModelShape) -> None:

@@ -1,8 +1,9 @@
 """Remove whole residual blocks: ``x + f(norm(x))`` becomes ``x``.
 
 Rule (per layer, per block the plan removes): every user of the block's residual add
-reads the add's skip argument instead. The add, the block's norm, projections and
-attention are left without users; ``eliminate_dead_code`` deletes them afterwards and
+reads the add's skip argument instead. The add, the block's norms (Gemma's post-block
+norm too: it sits between the projection and the add, so the block's whole residual
+contribution goes), projections and attention are left without users; ``eliminate_dead_code`` deletes them afterwards and
 ``drop_unused_weights`` their weights. Counts: attention / MLP blocks removed.
 """
 

@@ -5,7 +5,10 @@
 ``runtime.export.export_onnx``); ``"gated"`` is ``gated_compile`` (the static plan applied to
 the module with ``passes.reference``, H calibrated on the history dataset, then
 ``runtime.gated.export_gated_onnx``, which verifies the graph with ``check_static_gating``).
-The build uses ``"gated"`` exactly when the spec's ``export onnx`` has ``gating`` on. Tests
+The build uses ``"gated"`` exactly when the spec's ``export onnx`` has ``gating`` on. Both
+trace a float32 model on the CPU (``for_tracing``: the model itself on a CPU float32 build,
+else a copy), so the file does not depend on the build's device; the static backend leaves
+the onnxruntime load check to the build's evaluate_pruned stage (one session, not two). Tests
 swap a backend by passing ``build(..., backends={"static": fn})`` or by replacing an entry
 of ``BACKENDS``. A backend must not modify ``CompileJob.model`` and returns JSON data for
 ``report.json``'s ``compile``.
@@ -55,17 +58,30 @@ def graph_compile(job: CompileJob) -> dict[str, Any]:
     from prunec.passes.pipeline import prune_graph
     from prunec.runtime.export import ExportConfig, export_onnx, write_kv_manifest
 
-    refitted = with_refit(job)
+    base = for_tracing(job.model)
+    refitted = with_refit(job, base, copied=base is not job.model)
     model = in_dtype(refitted, job.dtype, copied=refitted is not job.model)
     capture = CACHE_CAPTURE if job.kv_cache else DEFAULT_CAPTURE
     graph, pass_report = prune_graph(model, job.plan, job.shape, job.span, capture)
     cache = cache_layout(job.plan, job.shape) if job.kv_cache else None
-    info = export_onnx(graph, job.path,
-                       config=ExportConfig(opset=job.opset, fuse=job.fuse, cache=cache))
+    config = ExportConfig(opset=job.opset, fuse=job.fuse, cache=cache,
+                          check_onnxruntime=False)  # the build's evaluate_pruned loads it
+    info = export_onnx(graph, job.path, config=config)
     if cache is not None:
         write_kv_manifest(job.path, cache, model)
     export = {k: v for k, v in jsonable(info).items() if k != "path"}
     return {"passes": jsonable(pass_report), "export": export}
+
+
+def for_tracing(model: Any) -> Any:
+    """``model`` as the exporter traces it: float32 on the CPU (itself when it is; else a
+    copy), so the ONNX file does not depend on the build's device or dtype."""
+    import torch
+
+    weight = next(model.parameters())
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
 
 def in_dtype(model: Any, dtype: str, copied: bool = False) -> Any:
@@ -89,7 +105,8 @@ def gated_compile(job: CompileJob) -> dict[str, Any]:
         model = apply_plan_(copy.deepcopy(job.model), job.plan, job.shape)
     model = with_refit(job, model, copied=model is not job.model)
     history = calibrate_history(model, job.shape, job.probe, job.history_data, job.max_len)
-    info = export_gated_onnx(model, job.shape, job.probe, history, job.path, opset=job.opset)
+    info = export_gated_onnx(for_tracing(model), job.shape, job.probe, history, job.path,
+                             opset=job.opset)
     return {"gated": {k: v for k, v in jsonable(info).items() if not k.endswith("_path")}}
 
 

@@ -1,9 +1,13 @@
 """``prunec build``: the driver. spec -> model -> plan -> pruned graph -> ONNX artifact + report.
 
-Stages, in order (each timed in ``report.json``'s ``timings_s``):
+Stages, in order (each timed in ``report.json``'s ``timings_s``, its peak RSS in ``memory``:
+``runtime.stages``):
   load_model -> load_data -> plan -> evaluate_dense (PyTorch, before any pruning)
   -> compile (into the temporary artifact directory) -> evaluate_pruned (onnxruntime)
   -> gates -> write -> publish.
+The model is loaded once, on the device of ``model { device }`` or ``BuildOptions.device``
+(``--device``; ``runtime.device``), and dropped after the compile unless an ``export hf``
+needs it; evaluation batches are capped by ``eval_rows`` (logits dominate its memory).
 Each stage's work lives elsewhere: the plan in ``runtime.planning``, compiling in the
 ``runtime.backends`` table (``"gated"`` when the spec's ``export onnx`` has gating on, else
 ``"static"``; the build obeys the IR's export and invents no default of its own), sessions
@@ -33,7 +37,7 @@ from typing import Any
 
 from prunec.compiler.checks import history_dataset
 from prunec.compiler.diagnostics import Span
-from prunec.compiler.ir import OnnxExport, Spec
+from prunec.compiler.ir import Device, OnnxExport, Spec
 from prunec.compiler.outputs import failed_report_path, output_dir, resume_path
 from prunec.compiler.plan import Plan
 from prunec.runtime.artifact import (
@@ -47,6 +51,7 @@ from prunec.runtime.backends import CompileFn, CompileJob, backend_for, quiet_to
 from prunec.runtime.jsonio import write_json
 from prunec.runtime.planning import PlanOptions, make_plan, method_json, method_refit
 from prunec.runtime.report import BuildReport, DatasetResult, Outcome, assemble, refit_notes
+from prunec.runtime.stages import Stages
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class BuildOptions:
     lock: Path | None = None  # --lock plan.lock.json: apply a locked plan, no search
     batch_size: int = 4  # sequences per forward pass when evaluating
     resume: bool = False  # --resume: continue a search from its last completed step
+    workers: int = 1  # --workers N: a search's candidates scored on N Ray actors
+    ray_address: str | None = None  # --ray-address ADDR: those actors on a Ray cluster
+    device: Device | None = None  # --device: replaces the spec's ``model { device }``
 
 
 @dataclass(frozen=True)
@@ -70,16 +78,13 @@ class BuildResult:
 
 
 @dataclass
-class Timings:
-    stages: dict[str, float] = field(default_factory=dict)
+class Timings(Stages):
+    """``runtime.stages.Stages`` (time and peak RSS per stage) + the artifact checkpoints."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
+        with super().stage(name):
             yield
-        finally:
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
         checkpoint(name)
 
 
@@ -104,7 +109,8 @@ class BuildContext:
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(self.progress, self.options.lock, self.options.batch_size,
-                           resume_path(self.out))
+                           resume_path(self.out), self.options.workers,
+                           self.options.ray_address)
 
 
 def onnx_export(spec: Spec) -> OnnxExport:
@@ -133,30 +139,36 @@ def build(spec: Spec, spec_dir: Path, options: BuildOptions = BuildOptions(),
 
 def _run(ctx: BuildContext, start: float) -> BuildResult:
     from prunec.runtime.data import load_spec_data
+    from prunec.runtime.device import with_device
     from prunec.runtime.evaluate import torch_logits
     from prunec.runtime.models import load_model
 
     spec, t = ctx.spec, ctx.timings
     with t.stage("load_model"), ctx.busy("loading the model"):
-        loaded = load_model(spec.model, ctx.spec_dir)
+        loaded = load_model(with_device(spec.model, ctx.options.device), ctx.spec_dir)
     with t.stage("load_data"):
         data = load_spec_data(spec, ctx.spec_dir, loaded.tokenizer)
     with t.stage("plan"):
         plan, method = make_plan(spec, loaded, data, ctx.plan_options())
     with t.stage("evaluate_dense"):
-        dense = evaluate_all(spec.eval_datasets(), data, torch_logits(loaded.model), ctx, "dense")
+        dense = evaluate_all(spec.eval_datasets(), data, torch_logits(loaded.model), ctx,
+                             "dense", vocab=loaded.shape.vocab)
     artifact = ArtifactDir(ctx.out, Span.unknown(spec.file))
     with artifact as tmp:
         checkpoint("artifact-open")
-        report = _compile_and_check(ctx, loaded, plan, data, dense, tmp, method_refit(method))
+        compiled = _compile(ctx, loaded, plan, data, tmp, method_refit(method))
+        if not spec.hf_exports():  # nothing after the compile needs the torch model: the
+            loaded = dataclasses.replace(loaded, model=None)  # next stage frees it
+        report = _check(ctx, loaded, plan, data, dense, compiled, tmp / onnx_export(spec).file)
         report = dataclasses.replace(report, method_info=method_json(method),
                                      notes=report.notes + refit_notes(plan, method_refit(method)))
         with t.stage("write"):
             from prunec.runtime.artifact_files import write_artifact_files
 
             genai = write_artifact_files(spec, loaded, plan, method, tmp)
-        t.stages["total"] = time.perf_counter() - start
-        data_json = dataclasses.replace(report, timings=dict(t.stages), genai=genai).to_json()
+        t.seconds["total"] = time.perf_counter() - start
+        data_json = dataclasses.replace(report, timings=dict(t.seconds), genai=genai,
+                                        memory=t.memory_json()).to_json()
         write_json(tmp / "report.json", data_json)
         checkpoint("report-written")
         if not data_json["passed"]:
@@ -171,34 +183,63 @@ def _run(ctx: BuildContext, start: float) -> BuildResult:
 
 
 def evaluate_all(names: tuple[str, ...], data: dict[str, Any], logits_fn: Any,
-                 ctx: BuildContext, which: str, reset: Any = None) -> dict[str, Any]:
-    """Perplexity per dataset; ``reset()`` (if given) runs before each dataset."""
+                 ctx: BuildContext, which: str, reset: Any = None,
+                 vocab: int = 0) -> dict[str, Any]:
+    """Perplexity per dataset; ``reset()`` (if given) runs before each dataset. With
+    ``vocab`` (a model whose rows are independent: not a gated one, whose probe sees the
+    batch), the batch is capped by ``eval_rows``."""
     from prunec.runtime.evaluate import perplexity
 
     results = {}
     for n in names:
         if reset is not None:
             reset()
-        results[n] = perplexity(logits_fn, data[n], ctx.options.batch_size, ctx.progress,
+        rows = eval_rows(ctx.options.batch_size, int(data[n].shape[1]), vocab)
+        results[n] = perplexity(logits_fn, data[n], rows, ctx.progress,
                                 f"{which} perplexity on {n}")
     return results
 
 
-def _compile_and_check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
-                       dense: dict[str, Any], tmp: Path, refit: Any) -> BuildReport:
-    from prunec.runtime.session import artifact_runner
+EVAL_LOGITS_BYTES = 64 * 2**20  # float32 logits one evaluation forward may produce
 
-    spec, t, export = ctx.spec, ctx.timings, onnx_export(ctx.spec)
-    onnx_path = tmp / export.file
-    job = CompileJob(loaded.model, plan, loaded.shape, onnx_path, export.opset,
+
+def eval_rows(batch_size: int, seq_len: int, vocab: int) -> int:
+    """Sequences per evaluation forward: ``--batch-size``, capped (when ``vocab`` is given)
+    so that one forward's float32 logits fit ``EVAL_LOGITS_BYTES``, at least 1: the logits,
+    not the weights, dominate an evaluation's memory (SmolLM2 at 4 x 256 tokens: 192 MiB
+    of logits, and as much again for their log-softmax).
+
+    >>> eval_rows(4, 256, 49152), eval_rows(4, 32, 160), eval_rows(4, 256, 0)
+    (1, 4, 4)
+    """
+    if vocab <= 0:
+        return batch_size
+    return max(1, min(batch_size, EVAL_LOGITS_BYTES // (seq_len * vocab * 4)))
+
+
+def _compile(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any], tmp: Path,
+             refit: Any) -> dict[str, Any]:
+    """The compile stage: the backend writes the ONNX file; returns what it reported."""
+    spec, export = ctx.spec, onnx_export(ctx.spec)
+    job = CompileJob(loaded.model, plan, loaded.shape, tmp / export.file, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
                      export.max_len, refit, export.fuse, export.kv_cache,
                      export.dtype.value)
-    with t.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), quiet_torch():
-        compiled = backend_for(export.gating, ctx.backends)(job)
+    with ctx.timings.stage("compile"), ctx.busy("compiling: graph passes, ONNX export"), \
+            quiet_torch():
+        return backend_for(export.gating, ctx.backends)(job)
+
+
+def _check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
+           dense: dict[str, Any], compiled: dict[str, Any], onnx_path: Path) -> BuildReport:
+    """The evaluate_pruned stage (onnxruntime on the artifact's file) and the report."""
+    from prunec.runtime.session import artifact_runner
+
+    spec, t, export = ctx.spec, ctx.timings, onnx_export(ctx.spec)
     with t.stage("evaluate_pruned"):
         session, logits_fn, reset = artifact_runner(onnx_path, export.providers)
-        pruned = evaluate_all(spec.eval_datasets(), data, logits_fn, ctx, "pruned", reset)
+        pruned = evaluate_all(spec.eval_datasets(), data, logits_fn, ctx, "pruned", reset,
+                              0 if export.gating else loaded.shape.vocab)
     results = tuple(DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]), dense[n],
                                   pruned[n]) for n in spec.eval_datasets())
     providers = {"requested": list(session.requested), "used": list(session.used),

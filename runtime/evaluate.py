@@ -3,7 +3,10 @@
 Definition (the same for both backends, and the one MultiPruner scores with): for a sequence
 x_0 .. x_{T-1}, the model's logits at position t predict x_{t+1}; the sequence's NLL is the
 mean over t = 0 .. T-2 of -log softmax(logits_t)[x_{t+1}] (T-1 predictions); the dataset's
-perplexity is exp(mean over sequences of the sequence NLL). Log-softmax runs in float32 on
+perplexity is exp(mean over sequences of the sequence NLL). Continuation perplexity
+(``prompt_len = P``, ``prunec eval --prompt-len``): the same mean over t = P-1 .. T-2 only,
+the NLL of tokens P .. T-1 given tokens 0 .. P-1 (``sequence_nll`` of the logits and ids from
+position P-1 on: one definition for both); ``P = 0`` (the default) scores every prediction. Log-softmax runs in float32 on
 the logits, the means accumulate in float64 (``prunec.passes.reference.sequence_nll``, which
 the static search scores with too). No BOS is added and no token is masked: every
 sequence is a full ``seq_len`` chunk (see ``prunec.runtime.data``).
@@ -37,7 +40,7 @@ class Perplexity:
     ppl: float
     mean_nll: float
     sequences: int
-    tokens: int  # predicted tokens: sequences * (seq_len - 1)
+    tokens: int  # predicted tokens: sequences * (seq_len - max(prompt_len, 1))
     seconds: float
 
     def to_json(self) -> dict[str, float | int]:
@@ -46,31 +49,40 @@ class Perplexity:
 
 
 def perplexity(logits_fn: LogitsFn, data: torch.Tensor, batch_size: int = 4,
-               progress: Any = None, label: str = "perplexity") -> Perplexity:
-    """exp(mean sequence NLL) of ``logits_fn`` over ``data`` [samples, seq_len]."""
+               progress: Any = None, label: str = "perplexity",
+               prompt_len: int = 0) -> Perplexity:
+    """exp(mean sequence NLL) of ``logits_fn`` over ``data`` [samples, seq_len]; with
+    ``prompt_len`` P > 0, of the continuation P .. seq_len-1 only."""
     if data.dim() != 2 or data.shape[1] < 2:
         raise ValueError(f"data must be [samples, seq_len >= 2], got {tuple(data.shape)}")
+    if not 0 <= prompt_len < data.shape[1]:
+        raise ValueError(f"prompt_len {prompt_len} outside [0, {data.shape[1] - 1}]")
+    first = max(prompt_len, 1) - 1  # the position whose logits predict the first scored token
     start = time.perf_counter()
     task = progress.add_task(label, total=data.shape[0]) if progress is not None else None
     nlls = []
     for i in range(0, data.shape[0], batch_size):
         batch = data[i:i + batch_size]
-        nlls.append(sequence_nll(logits_fn(batch), batch))
+        nlls.append(sequence_nll(logits_fn(batch)[:, first:], batch[:, first:]))
         if progress is not None:
             progress.advance(task, batch.shape[0])
     if progress is not None:
         progress.remove_task(task)
     mean = float(torch.cat(nlls).mean())
     return Perplexity(math.exp(mean), mean, int(data.shape[0]),
-                      int(data.shape[0] * (data.shape[1] - 1)), time.perf_counter() - start)
+                      int(data.shape[0] * (data.shape[1] - 1 - first)),
+                      time.perf_counter() - start)
 
 
 def torch_logits(model: Any) -> LogitsFn:
-    """Logits of a HF causal LM (no KV cache, no gradients)."""
+    """Logits of a HF causal LM (no KV cache, no gradients), as float32 on the CPU; the batch
+    runs on the model's device."""
+    from prunec.passes.device import on_model
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(input_ids=batch, use_cache=False).logits  # type: ignore[no-any-return]
+            logits = model(input_ids=on_model(model, batch), use_cache=False).logits
+            return logits.float().cpu()  # type: ignore[no-any-return]
 
     return run
 

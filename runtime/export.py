@@ -64,6 +64,7 @@ the same greedy tokens (tested in ``tests/runtime/test_export_kv.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -257,13 +258,91 @@ def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 
     external = needs_external_data(_weight_bytes(ep), config.external_limit)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = to_onnx_program(ep, config)
+    del ep  # the caller's graph may live on; ours goes
     fusions = fuse_for_onnxruntime(program.model) if config.fuse else {}
-    program.save(str(path), external_data=external)
+    if external:
+        program.save(str(path), external_data=True)
+    else:
+        save_embedded(program.model, path)
+    info = _info(program.model, path, external, 0.0, fusions)
+    del program  # the checks below load the file: not while the IR holds the weights too
     if not fusions:  # onnx.checker knows no com.microsoft op (nor SimplifiedLayerNormalization,
         onnx.checker.check_model(str(path))  # which onnxruntime registers in the default domain)
-    if config.check_onnxruntime or fusions:
+    if config.check_onnxruntime:
         check_loads(path)
-    return _info(program.model, path, external, time.perf_counter() - start, fusions)
+    return dataclasses.replace(info, seconds=time.perf_counter() - start)
+
+
+def save_embedded(model: ir.Model, path: Path) -> None:
+    """Write ``model`` with its weights inside the file, one initializer at a time.
+
+    Protobuf merges a singular message field that appears twice (``ModelProto.graph``) and
+    appends to a repeated one (``GraphProto.initializer``), so the model without its
+    initializers (their value_info kept) followed by one ``graph { initializer { ... } }``
+    record per weight parses as the ModelProto ``ir.save`` writes (value_info in another
+    order); but ``ir.save`` holds the whole proto and then its bytes (two more copies of
+    every weight), this at most one weight's."""
+    inits = dict(model.graph.initializers)
+    model.graph.initializers.clear()
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        model.graph.initializers.update(inits)
+    inputs = {v.name for v in model.graph.inputs}
+    proto.graph.value_info.extend(ir.serde.serialize_value(v) for v in inits.values()
+                                  if v.type is not None and v.name not in inputs)
+    head = proto.SerializeToString()
+    with path.open("wb") as f:
+        f.write(head)
+        del head
+        for value in inits.values():
+            _write_initializer(f, value)
+
+
+_GRAPH_FIELD, _INITIALIZER_FIELD = b"\x3a", b"\x2a"  # (7 << 3) | 2 and (5 << 3) | 2: length-
+# delimited fields 7 (ModelProto.graph) and 5 (GraphProto.initializer)
+
+
+def _write_initializer(f: Any, value: ir.Value) -> None:
+    """One ``graph { initializer { ... } }`` record; the tensor's bytes go from its own
+    memory to the file (``raw_data``, field 9, written last), never into a proto."""
+    tensor = value.const_value
+    if tensor is None:
+        raise RuntimeError(f"initializer {value.name!r} has no value")
+    head = onnx.TensorProto(name=value.name or tensor.name, data_type=tensor.dtype.value,
+                            dims=list(tensor.shape.numpy()))
+    if tensor.doc_string:
+        head.doc_string = tensor.doc_string
+    data = memoryview(_contiguous(tensor)).cast("B")
+    head_bytes = head.SerializeToString()
+    body = len(head_bytes) + len(_RAW_DATA_FIELD) + len(_varint(data.nbytes)) + data.nbytes
+    inner = len(_INITIALIZER_FIELD) + len(_varint(body)) + body
+    for part in (_GRAPH_FIELD, _varint(inner), _INITIALIZER_FIELD, _varint(body), head_bytes,
+                 _RAW_DATA_FIELD, _varint(data.nbytes), data):
+        f.write(part)
+
+
+_RAW_DATA_FIELD = b"\x4a"  # (9 << 3) | 2: TensorProto.raw_data (little-endian bytes)
+
+
+def _contiguous(tensor: Any) -> Any:
+    """The tensor's bytes as a C-contiguous numpy array (a view when it already is one)."""
+    import numpy as np
+
+    array = tensor.numpy()
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array)
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of ``n`` >= 0."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def check_loads(path: Path) -> None:

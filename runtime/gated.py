@@ -32,10 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from prunec.compiler.ir import ModelShape, ProbePolicy
+from prunec.compiler.diagnostics import user_error
+from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
 
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero"})
-MIN_SEQ = 2
+
+
+def min_prompt_len(manifest: dict[str, Any] | None) -> int:
+    """The shortest prompt an artifact scores a continuation from (``eval --prompt-len``):
+    ``MIN_SEQ`` when a prompt-mode probe scores the prompt (its probe takes >= 2 positions),
+    else 1. ``manifest``: the artifact's ``.gating.json``, None for a static artifact."""
+    return min_prompt_len_of((manifest or {}).get("policy", {}).get("mode"))
+
+
+def min_prompt_len_of(mode: str | None) -> int:
+    """``min_prompt_len`` for a probe ``mode`` (its value; None: no probe)."""
+    return MIN_SEQ if mode == ProbeMode.PROMPT.value else 1
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,8 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
                                        for p in gated.parameters()))
     torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
                       dynamic_shapes=dyn, opset_version=opset, optimize=True,
-                      input_names=inputs, output_names=outputs, external_data=external)
+                      input_names=inputs, output_names=outputs, external_data=external,
+                      verbose=False)
     return _finish(path, dict(zip(inputs[1:], outputs[1:1 + len(state)])))
 
 
@@ -182,6 +195,12 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     from prunec.passes.probe import build_gated, initial_state
 
     path = Path(path)
+    if policy.mode is ProbeMode.PROMPT:  # its own three graphs: runtime.prompt_mode
+        from prunec.runtime.prompt_mode import export_prompt_onnx
+
+        manifest = export_prompt_onnx(model, shape, policy, history, path, opset)
+        return GatedExportInfo(str(path), "", str(path.with_suffix(".gating.json")), (), (),
+                               (), manifest["keep"], history.max_len, opset)
     gated = build_gated(model, shape, policy, history, probe_free)
     state = initial_state(gated, history)
     inplace = _export(gated, state, shape.vocab, history.max_len, path, opset, debug)
@@ -197,13 +216,13 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     # file names only: a build writes into a temporary directory and renames it
     files = {k: Path(getattr(info, k)).name for k in ("onnx_path", "history_path",
                                                        "manifest_path")}
-    manifest = {**asdict(info), **files, "policy": _policy_json(policy),
+    manifest = {**asdict(info), **files, "policy": policy_json(policy),
                 "model": asdict(shape)}
     Path(info.manifest_path).write_text(json.dumps(manifest, indent=2) + "\n")
     return info
 
 
-def _policy_json(policy: ProbePolicy) -> dict[str, Any]:
+def policy_json(policy: ProbePolicy) -> dict[str, Any]:
     return {"ratio": policy.ratio, "targets": [t.value for t in policy.targets],
             "mode": policy.mode.value, "token_fraction": policy.token_fraction,
             "sample_fraction": policy.sample_fraction, "momentum": policy.momentum,
@@ -240,6 +259,11 @@ class GatedSession:
 
         manifest_path = find_manifest(artifact)
         self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("policy", {}).get("mode") == ProbeMode.PROMPT.value:
+            raise user_error("P0404", f"{manifest_path.parent} is a probe mode = prompt "
+                             "artifact: it decodes, it does not carry H from batch to batch",
+                             str(manifest_path), "use `prunec generate` or `prunec eval "
+                             "--prompt-len` (runtime.prompt_mode.PromptSession)")
         base = manifest_path.parent
         onnx_path = base / Path(self.manifest["onnx_path"]).name
         self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options,

@@ -25,7 +25,8 @@ maps onto prunec's cache convention (``runtime.export``, described by ``model.kv
   attention are all inside prunec's graph, nothing model-specific is left to the runtime.
 So every static plan gets a config. None is written when the graph has no KV cache
 (``export onnx { kv_cache = off }``, or a gated graph, whose history inputs genai would not
-feed); ``report.json``'s ``genai`` says which: ``{"written": true, "file": ...}`` or
+feed; a ``mode = prompt`` artifact has a cache but three graphs to chain, which genai's
+decoder does not); ``report.json``'s ``genai`` says which: ``{"written": true, "file": ...}`` or
 ``{"written": false, "reason": ...}``.
 
 Optimum's ``ORTModelForCausalLM`` reads the same names but is not reachable here: its ONNX
@@ -70,6 +71,10 @@ def genai_config(kv: KvManifest, shape: ModelShape, onnx_file: str,
 def write_genai_config(onnx_path: Path, shape: ModelShape, bos: int | None) -> dict[str, Any]:
     """Write ``genai_config.json`` beside ``onnx_path`` when that graph has a KV cache (a
     ``model.kv.json``); returns report.json's ``genai`` entry either way."""
+    if onnx_path.with_suffix(".gating.json").is_file():
+        return {"written": False,
+                "reason": "a probe-gated artifact (mode = prompt: prefill, gather and decode "
+                          "graphs) is not a genai decoder"}
     if not kv_manifest_path(onnx_path).is_file():
         return {"written": False,
                 "reason": "the graph has no KV cache (export onnx { kv_cache = off }, or a "

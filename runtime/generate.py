@@ -18,6 +18,12 @@ the context length): inputs ``input_ids`` / ``position_ids`` int64 [batch, seq],
 [batch, kv_heads_i, past+seq, head_dim]. Prefill runs at past 0; every later step feeds
 one token per sequence.
 
+A ``probe { mode = prompt }`` artifact (``runtime.prompt_mode``: its ``.gating.json`` says
+so) runs through the same ``Generator``: the prefill graph gives the dense logits, its cache
+and each sequence's kept sets; the first decode step gathers the kept weights once (so the
+time to first token is the prefill's); every step runs the decode graph on them. Its prompts
+must share one length (P0407): left padding would be probed as prompt tokens.
+
 Device residency: the session runs with IOBinding. Each ``present.*`` is bound as an
 output on the session's first provider's device (CUDA: ``cuda:0``) and the returned
 OrtValues are bound as the next step's ``past_key_values.*``, so the cache never visits the
@@ -46,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from prunec.compiler.diagnostics import user_error
-from prunec.compiler.ir import Provider
+from prunec.compiler.ir import MIN_SEQ, Provider
 from prunec.compiler.names import kv_manifest_file
 
 StepFn = Callable[[tuple[int | None, ...]], None]  # a step's token per sequence (None: done)
@@ -226,13 +232,11 @@ class Generator:
     def __init__(self, onnx_path: Path, providers: Sequence[Provider] = (Provider.CPU,)) -> None:
         from prunec.runtime.session import open_session
 
-        if onnx_path.with_suffix(".gating.json").is_file():
-            raise user_error("P0404", f"{onnx_path} is a gated (probe) graph, which has no KV "
-                         "cache; generation needs a static artifact", str(onnx_path),
-                         "build a static artifact (a spec without a `probe` block)")
+        self.prompt = _prompt_session(onnx_path, providers)
         self.path = onnx_path
         self.manifest = read_kv_manifest(onnx_path)
-        self.session = open_session(onnx_path, providers)
+        self.session = open_session(onnx_path, providers) if self.prompt is None \
+            else self.prompt.opened["prefill"]
         ort_session = self.session.session
         self.inputs = frozenset(i.name for i in ort_session.get_inputs())
         self.device = _DEVICES.get(self.session.used[0], "cpu")
@@ -248,7 +252,7 @@ class Generator:
         start = time.perf_counter()
         ids, mask = left_pad(prompts, self.manifest.pad)
         positions = position_ids(mask)
-        logits, cache = self._run(ids, mask, positions, self._empty_cache(len(prompts)))
+        logits, cache = self._prefill(ids, mask, positions)
         batch = _Batch(mask, positions[:, -1].copy(), np.zeros(len(prompts), bool),
                        [[] for _ in prompts])
         eos = self.manifest.eos + config.stop
@@ -258,7 +262,7 @@ class Generator:
             if batch.done.all():
                 break
             fed = np.where(batch.done, self.manifest.pad, tokens)[:, None]
-            logits, cache = self._run(fed, *batch.advance(), cache)
+            logits, cache = self._step(fed, *batch.advance(), cache)
             tokens = self._emit(batch, choose_tokens(logits, config, rng), eos, on_step)
         decoded = sum(max(len(o) - 1, 0) for o in batch.out)
         seconds = time.perf_counter() - first
@@ -286,6 +290,32 @@ class Generator:
             on_step(step)
         return tokens
 
+    def _prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray
+                 ) -> tuple[np.ndarray, Any]:
+        """The prompts' forward: (last logits, the decode state). A prompt-mode artifact
+        (P0407 for prompts of different lengths) scores its kept sets here."""
+        if self.prompt is None:
+            return self._run(ids, mask, positions, self._empty_cache(len(ids)))
+        if not mask.all():
+            raise user_error("P0407", "a probe mode = prompt artifact probes each prompt "
+                             "whole, so one batch needs prompts of one length (left padding "
+                             "would be scored)", str(self.path),
+                             "generate prompts of different lengths in separate calls")
+        if ids.shape[1] < MIN_SEQ:
+            raise user_error("P0407", f"a probe mode = prompt artifact probes at least "
+                             f"{MIN_SEQ} prompt tokens; this prompt has {ids.shape[1]}",
+                             str(self.path), "give a longer prompt")
+        logits, state = self.prompt.prefill(ids)
+        return logits[:, -1], state
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, state: Any
+              ) -> tuple[np.ndarray, Any]:
+        """One decode step: (last logits, the new state); prompt mode gathers its kept
+        weights on the first step (after the first token: TTFT is the prefill's)."""
+        if self.prompt is None:
+            return self._run(ids, mask, positions, state)
+        return self.prompt.decode(ids, positions, state)[:, -1], state
+
     def _empty_cache(self, batch: int) -> list[Any]:
         import onnxruntime as ort
 
@@ -311,6 +341,22 @@ class Generator:
         self.session.session.run_with_iobinding(io)
         outputs = io.get_outputs()
         return outputs[0].numpy()[:, -1, :], list(outputs[1:])
+
+
+def _prompt_session(onnx_path: Path, providers: Sequence[Provider]) -> Any:
+    """The ``runtime.prompt_mode.PromptSession`` of a prompt-mode artifact, None for a static
+    one; P0404 for a per-batch gated graph (no KV cache)."""
+    from prunec.runtime.prompt_mode import PromptSession, is_prompt_mode
+
+    gating = onnx_path.with_suffix(".gating.json")
+    if not gating.is_file():
+        return None
+    if not is_prompt_mode(json.loads(gating.read_text())):
+        raise user_error("P0404", f"{onnx_path} is a gated (probe) graph, which has no KV "
+                         "cache; generation needs a static or a probe mode = prompt artifact",
+                         str(onnx_path), "build a static artifact (a spec without a `probe` "
+                         "block) or one with `probe { mode = prompt }`")
+    return PromptSession(onnx_path, providers)
 
 
 class TextStream:

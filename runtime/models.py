@@ -1,8 +1,10 @@
 """Loading the model a spec names: a local HF directory, a hub id, a GGUF file, or the demo.
 
 ``load_model(decl, spec_dir)`` returns a ``LoadedModel`` (module in eval mode, tokenizer,
-``ModelShape``, ``source_hash``) or raises ``CompileError`` with a diagnostic on the spec's
-model line; a user never sees a traceback for a missing, corrupt or unsupported model.
+``ModelShape``, ``source_hash``, the device and dtype it was placed in by
+``runtime.device.resolve``) or raises ``CompileError`` with a diagnostic on the spec's
+model line; a user never sees a traceback for a missing, corrupt or unsupported model,
+nor for a device it cannot have. The model is loaded once per build; later stages share it.
 
 Invariants:
 - Only Llama-style decoders with grouped-query attention are accepted: config.json passes
@@ -55,6 +57,9 @@ class LoadedModel:
     shape: ModelShape
     source_hash: str
     directory: Path  # the HF directory the weights were read from
+    device: str = "cpu"  # where the weights live (``runtime.device.resolve``)
+    dtype: str = "float32"  # what they were loaded in
+    notes: tuple[str, ...] = ()  # e.g. a half dtype loaded as float32 for lack of a GPU
 
 
 def _fail(code: str, message: str, span: Span, hint: str | None = None) -> CompileError:
@@ -159,11 +164,21 @@ def module_problem(model: Any) -> str | None:
     for i, layer in enumerate(layers):
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         names = [f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")
-                 if not hasattr(attn, n)]
-        names += [f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj") if not hasattr(mlp, n)]
+                 if not _has_projection(attn, n)]
+        names += [f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")
+                  if not _has_projection(mlp, n)]
         if names:
             return f"decoder layer {i} has no {', '.join(names)}"
     return None
+
+
+def _has_projection(block: Any, name: str) -> bool:
+    """Whether ``block`` has projection ``name``, itself or inside a fused one (Phi-3's
+    qkv_proj / gate_up_proj: ``passes.reference.FUSED_PARTS``)."""
+    from prunec.passes.reference import FUSED_PARTS
+
+    fused = FUSED_PARTS.get(name, ("", name, 0))[1]
+    return hasattr(block, name) or hasattr(block, fused)
 
 
 # ------------------------------------------------------------------ GGUF conversion
@@ -319,22 +334,27 @@ def load_model(decl: ModelDecl, spec_dir: Path) -> LoadedModel:
     bad_config = config_problem(config, str(directory / "config.json"))
     if bad_config:
         raise _fail(bad_config.code, bad_config.message, decl.span, bad_config.hint)
-    model, tokenizer = _load_pretrained(directory, decl)
+    from prunec.runtime.device import resolve
+
+    placement = resolve(decl)  # before loading: a missing GPU fails fast
+    model, tokenizer = _load_pretrained(directory, decl, placement)
     problem = module_problem(model)
     if problem:
         raise _fail("P0303", f"unsupported module layout: {problem}", decl.span)
     from prunec.passes.reference import shape_of
 
-    return LoadedModel(model, tokenizer, shape_of(model), source_hash, directory)
+    return LoadedModel(model, tokenizer, shape_of(model), source_hash, directory,
+                       placement.device, placement.dtype.value, placement.notes)
 
 
-def _load_pretrained(directory: Path, decl: ModelDecl) -> tuple[Any, Any]:
+def _load_pretrained(directory: Path, decl: ModelDecl, placement: Any) -> tuple[Any, Any]:
+    """The module (in ``placement``'s dtype, on its device) and the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     dtype = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16,
-             DType.BFLOAT16: torch.bfloat16}[decl.dtype]
+             DType.BFLOAT16: torch.bfloat16}[placement.dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -342,4 +362,4 @@ def _load_pretrained(directory: Path, decl: ModelDecl) -> tuple[Any, Any]:
         raise _fail("P0301", f"cannot load the model from {directory}: {exc}", decl.span) from exc
     model.eval()  # type: ignore[no-untyped-call]
     model.requires_grad_(False)
-    return model, tokenizer
+    return model.to(placement.device), tokenizer

@@ -31,6 +31,8 @@ class PlanOptions:
     lock: Path | None = None  # --lock plan.lock.json: apply a locked plan, no search
     batch_size: int = 4  # calibration sequences per forward pass
     state: Path | None = None  # where a search saves (and resumes) its state; None: nowhere
+    workers: int = 1  # Ray actors scoring a search's candidates (1: in this process)
+    ray_address: str | None = None  # the Ray cluster to run them on (None: a local Ray)
 
 
 Planned = tuple[Plan, Any]  # (the plan, the method's MethodResult or None)
@@ -68,15 +70,16 @@ def manual_refit(manual: ManualPlan, plan: Plan, loaded: Any, data: dict[str, An
     import time
 
     from prunec.passes.methods import MethodOptions, MethodResult, SearchStats
-    from prunec.passes.methods.reconstruct import reconstruct, with_setting
+    from prunec.passes.methods.reconstruct import reconstruct, resolved_damp, with_setting
 
     start = time.perf_counter()
     progress = method_progress(options.progress) if options.progress is not None else None
     method_options = MethodOptions(progress=progress, batch_size=options.batch_size)
     calib = data.get(manual.score_dataset or "")
-    refit = reconstruct(manual.reconstruct, manual.damp, loaded.model, loaded.shape, plan,
-                        calib, method_options)
-    plan = with_setting(plan, manual.reconstruct, manual.damp)
+    damp = resolved_damp(manual.damp, calib)
+    refit = reconstruct(manual.reconstruct, damp, loaded.model, loaded.shape, plan, calib,
+                        method_options)
+    plan = with_setting(plan, manual.reconstruct, damp)
     stats = SearchStats(wall_s=time.perf_counter() - start, mode="manual")
     return MethodResult(plan, stats, refit)
 
@@ -96,7 +99,8 @@ def method_plan(spec: Spec, loaded: Any, data: dict[str, Any], options: PlanOpti
     state = None if lock is not None or options.state is None else str(options.state)
     progress = method_progress(options.progress) if options.progress is not None else None
     method_options = MethodOptions(progress=progress, lock=lock, spec_hash=spec_hash(spec),
-                                   batch_size=options.batch_size, resume_path=state)
+                                   batch_size=options.batch_size, resume_path=state,
+                                   workers=options.workers, ray_address=options.ray_address)
     calib = data.get(static.score_dataset) if static.score_dataset else None
     result = compute_plan(static, loaded.model, loaded.shape, calib, method_options)
     problems = result.plan.validate(loaded.shape)

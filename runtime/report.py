@@ -1,7 +1,8 @@
 """The build report: what was removed, what it costs and saves, and whether the gates held.
 
 ``BuildReport.to_json()`` is ``report.json`` in the artifact (schema version 1):
-  schema, passed, spec {name, file}, model {source, location, source_hash, shape},
+  schema, passed, spec {name, file}, model {source, location, dtype, device, source_hash,
+  shape} (dtype and device as the build loaded it: ``runtime.device``),
   method, plan_summary {attn_removed, mlp_removed, heads_kept, channels_kept},
   params {dense, pruned, reduction, onnx_initializers, onnx_matrices, expected_matrices,
           agree},
@@ -11,7 +12,9 @@
   perplexity {dataset: {samples, seq_len, dense: {ppl, mean_nll, sequences, tokens,
               seconds} | null, pruned: {...} | null, ratio}},
   gates [{kind, dataset, limit, value, held, line, message}],
-  providers {requested, used, notes}, timings_s {stage: seconds}, compile {passes, export}
+  providers {requested, used, notes}, timings_s {stage: seconds},
+  memory {method, unit, peak_rss_mb, stages_peak_rss_mb {stage: MiB}[, cuda_peak_mb]}
+  (``runtime.stages``), compile {passes, export}
   (what the graph passes and the exporter reported), method_info {from_lock, stats,
   reconstruct {setting, damp}, refit_layers} (static methods, manual plans with reconstruct), genai {written, file | reason} (``runtime.genai``),
   versions {...}, notes [str].
@@ -84,6 +87,7 @@ class BuildReport:
     method_info: dict[str, Any] = field(default_factory=dict)  # static method: stats, lock
     notes: tuple[str, ...] = field(default_factory=tuple)
     genai: dict[str, Any] = field(default_factory=dict)  # genai_config.json written, or why not
+    memory: dict[str, Any] = field(default_factory=dict)  # peak RSS per stage (runtime.stages)
 
     @property
     def passed(self) -> bool:
@@ -99,6 +103,7 @@ class BuildReport:
             "perplexity": {d.name: d.to_json() for d in self.perplexity},
             "gates": [g.to_json() for g in self.gates], "providers": self.providers,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "memory": self.memory,
             "compile": self.compile_info, "method_info": self.method_info, "genai": self.genai,
             "versions": versions(), "notes": list(self.notes),
         }
@@ -125,7 +130,7 @@ def assemble(o: Outcome) -> BuildReport:
     """The ``BuildReport`` of a build (timings, method info and notes are added later)."""
     spec, loaded = o.spec, o.loaded
     model = {"source": spec.model.source.value, "location": spec.model.location,
-             "dtype": spec.model.dtype.value, "source_hash": loaded.source_hash,
+             "dtype": loaded.dtype, "device": loaded.device, "source_hash": loaded.source_hash,
              "shape": dataclasses.asdict(loaded.shape)}
     by_name = {r.name: r for r in o.results}
     gates = check_gates(spec.gates, param_count(loaded.shape, o.plan), by_name)
@@ -133,7 +138,7 @@ def assemble(o: Outcome) -> BuildReport:
                        shape=loaded.shape, plan=o.plan, flops_seq_len=o.flops_seq_len,
                        onnx_counts=onnx_counts(o.onnx_path), perplexity=o.results,
                        gates=gates, providers=o.providers, timings={},
-                       compile_info=o.compiled)
+                       compile_info=o.compiled, notes=tuple(loaded.notes))
 
 
 def onnx_counts(path: Path) -> tuple[int, int]:

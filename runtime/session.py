@@ -68,15 +68,23 @@ def open_session(path: Path, providers: Sequence[Provider] = (Provider.CPU,)) ->
 Runner = tuple[OrtSession, Any, Any]  # (session, logits_fn, reset_fn or None)
 
 
-def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...]) -> Runner:
+def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...],
+                    prompt_len: int | None = None) -> Runner:
     """(OrtSession, logits_fn, reset_fn) for an artifact's ONNX file. A gated one (with a
     ``.gating.json`` manifest next to it) carries H across batches; ``reset_fn`` restores the
-    shipped initial H (None for a static artifact)."""
-    from prunec.runtime.evaluate import onnx_logits
+    shipped initial H (None for a static artifact). A ``probe { mode = prompt }`` one scores
+    each sequence from its first ``prompt_len`` tokens (``prompt_mode.prompt_runner``)."""
+    import json
 
-    if not onnx_path.with_suffix(".gating.json").is_file():
+    from prunec.runtime.evaluate import onnx_logits
+    from prunec.runtime.prompt_mode import is_prompt_mode, prompt_runner
+
+    gating = onnx_path.with_suffix(".gating.json")
+    if not gating.is_file():
         session = open_session(onnx_path, providers)
         return session, onnx_logits(session.session), None
+    if is_prompt_mode(json.loads(gating.read_text())):
+        return prompt_runner(onnx_path, providers, prompt_len)  # type: ignore[no-any-return]
     return gated_runner(onnx_path, providers)
 
 

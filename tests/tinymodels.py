@@ -1,4 +1,5 @@
-"""Tiny random-initialised Llama models (with grouped-query attention) for tests and benchmarks.
+"""Tiny random-initialised decoders (Llama, and the other supported families built from
+their own transformers config classes: ``tiny_model``) for tests and benchmarks.
 
 Test-only, not part of the shipped ``prunec`` package: tests import it as ``tinymodels``
 (``tests/`` is on pytest's path through ``tests/conftest.py``); bench scripts put ``tests/``
@@ -60,6 +61,64 @@ def tiny_llama(seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
+    evaluated: nn.Module = model.eval()
+    return evaluated
+
+
+# model_type -> (transformers config class, causal-LM class) of the non-Llama families
+FAMILY_CLASSES = {
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+}
+# what each family's tiny config sets beyond the sizes: the features that set it apart from
+# Llama, made visible at tiny sizes (a 4-token sliding window, a query scale != head_dim)
+FAMILY_EXTRAS: dict[str, dict[str, Any]] = {
+    "mistral": {"sliding_window": 4},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+    "phi3": {"partial_rotary_factor": 0.5},
+    "gemma2": {"sliding_window": 4, "query_pre_attn_scalar": 12,
+               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    "gemma3_text": {"sliding_window": 4, "query_pre_attn_scalar": 12,
+                    "layer_types": ["sliding_attention", "full_attention"] * 4},
+}
+
+
+def family_config(family: str, config: TinyConfig = TinyConfig()) -> Any:
+    """The family's own transformers config for ``config``'s sizes."""
+    import transformers
+
+    config_class = getattr(transformers, FAMILY_CLASSES[family][0])
+    extras = {key: value[:config.layers] if key == "layer_types" else value
+              for key, value in FAMILY_EXTRAS.get(family, {}).items()}
+    return config_class(
+        vocab_size=config.vocab, hidden_size=config.hidden,
+        intermediate_size=config.intermediate, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim, tie_word_embeddings=config.tied,
+        attention_bias=config.attention_bias, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=None, **extras)
+
+
+def tiny_model(family: str, seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
+    """A random causal LM of ``family`` ("llama" or a ``FAMILY_CLASSES`` key). Matrices are
+    scaled like ``tiny_llama``'s; norm weights (1-d) are perturbed too, so a rule that
+    drops or misplaces a norm changes the logits."""
+    if family == "llama":
+        return tiny_llama(seed, config)
+    import transformers
+
+    torch.manual_seed(seed)
+    model: Any = getattr(transformers, FAMILY_CLASSES[family][1])(family_config(family, config))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+            else:
+                p.add_(torch.randn_like(p) * 0.1)
     evaluated: nn.Module = model.eval()
     return evaluated
 

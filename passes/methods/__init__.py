@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from prunec.compiler.ir import StaticMethod
 from prunec.passes.methods import lock as locks
 from prunec.passes.methods.oneshot import run_oneshot
-from prunec.passes.methods.reconstruct import reconstruct, with_setting
+from prunec.passes.methods.reconstruct import reconstruct, resolved_damp, with_setting
 from prunec.passes.methods.search import run_search
 from prunec.passes.methods.types import (
     LayerRefit,
@@ -89,7 +89,7 @@ def compute_plan(static: StaticPrune, model: nn.Module, shape: ModelShape,
         result = locks.apply_lock(static, options.lock, hashes)
     else:
         result = METHODS[static.method](static, model, shape, calib, options, hashes)
-    setting, damp = static.reconstruction, static.damp
+    setting, damp = static.reconstruction, resolved_damp(static.damp, calib)
     refit = reconstruct(setting, damp, model, shape, result.plan, calib, options)
     plan = with_setting(result.plan, setting, damp)
     return replace(result, plan=plan, refit=MappingProxyType(refit)).with_hashes(hashes)

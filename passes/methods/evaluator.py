@@ -18,12 +18,16 @@ A candidate is one layer's new ``LayerPlan`` on top of the committed plan. The e
   Layers whose attention and MLP are both removed are identities and are not run.
 Accounting: ``layer_forwards`` counts decoder-layer calls, 1 = one layer over the whole
 calibration set; ``evaluations`` counts candidate scores (each ends in one lm_head pass).
+Both engines are ``Engine``s: a search scores a step's candidates with ``score_all`` (in list
+order) and ends with ``close``; ``passes.methods.distributed.RayEngine`` spreads them over
+Ray actors that each hold one of these engines.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +36,7 @@ from torch import nn
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.plan import LayerPlan, Plan
+from prunec.passes.device import on_model
 from prunec.passes.reference import (
     apply_layer_plan_,
     apply_plan_,
@@ -48,10 +53,10 @@ class Driver:
     def __init__(self, model: Any, calib: torch.Tensor, batch_size: int) -> None:
         from transformers.masking_utils import create_causal_mask
 
-        self.model = model
+        self.model, calib = model, on_model(model, calib)  # work where the model is
         self.ids = [calib[s:s + batch_size] for s in range(0, calib.shape[0], batch_size)]
         self.weights = [c.shape[0] / calib.shape[0] for c in self.ids]
-        positions = torch.arange(calib.shape[1]).unsqueeze(0)
+        positions = torch.arange(calib.shape[1], device=calib.device).unsqueeze(0)
         with torch.no_grad():
             self.embeds = [model.model.embed_tokens(c) for c in self.ids]
             self.rotary = model.model.rotary_emb(self.embeds[0], position_ids=positions)
@@ -89,7 +94,29 @@ class Counters:
     evaluations: int = 0
 
 
-class ReferenceEngine:
+class Engine:
+    """What a search needs of an engine: ``current``, ``score``, ``commit`` (each subclass),
+    ``score_all`` (scores in list order; here one ``score`` after another) and ``close``."""
+
+    counters: Counters
+
+    def current(self) -> float:
+        raise NotImplementedError
+
+    def score(self, lp: LayerPlan) -> float:
+        raise NotImplementedError
+
+    def commit(self, lp: LayerPlan) -> None:
+        raise NotImplementedError
+
+    def score_all(self, layers: Sequence[LayerPlan]) -> Iterator[float]:
+        return (self.score(lp) for lp in layers)
+
+    def close(self) -> None:
+        """Release what the engine holds beyond memory (worker processes); nothing here."""
+
+
+class ReferenceEngine(Engine):
     """Whole-model evaluation of every candidate on a pruned deep copy (the semantics)."""
 
     def __init__(self, model: Any, shape: ModelShape, driver: Driver, plan: Plan) -> None:
@@ -117,7 +144,7 @@ class ReferenceEngine:
         return perplexity(out)
 
 
-class FastEngine:
+class FastEngine(Engine):
     """Exact prefix/suffix-cached evaluation (see the module docstring)."""
 
     def __init__(self, model: nn.Module, shape: ModelShape, driver: Driver, plan: Plan,

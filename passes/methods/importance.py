@@ -8,7 +8,10 @@ x_k the k-th input of that projection over all calibration tokens):
 - wanda-sp: column k -> sum_i |W_ik| * sqrt(mean x_k^2);
 - flap (WIFV): column k -> var(x_k) * sum_i W_ik^2 (the activation's fluctuation);
 a head's score from column scores is the sum over its head_dim columns. Higher = keep.
-Activation statistics are float64 sums over every calibration token of the DENSE model.
+Activation statistics are float64 sums over every calibration token of the DENSE model,
+streamed: each forward pre-hook adds one batch's sums (never the activations themselves).
+They accumulate on the model's device (``passes.device``); statistics and scores leave
+this module as float64 CPU tensors.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 
 from prunec.compiler.ir import ModelShape
 from prunec.compiler.manual import Importance
-from prunec.passes.reference import decoder_layers
+from prunec.passes.device import on_model
+from prunec.passes.reference import decoder_layers, projection_weight
 
 
 @dataclass(frozen=True)
@@ -44,19 +48,22 @@ class LayerStats:
 
 
 def mlp_magnitude(layer: Any) -> torch.Tensor:
-    mlp = layer.mlp
-    out: torch.Tensor = (mlp.gate_proj.weight.detach().abs().sum(1)
-                         + mlp.up_proj.weight.detach().abs().sum(1)).double()
-    return out
+    out: torch.Tensor = (projection_weight(layer, "gate_proj").detach().abs().sum(1)
+                         + projection_weight(layer, "up_proj").detach().abs().sum(1)).double()
+    return out.cpu()
+
+
+def _row_l1(layer: Any, name: str, units: int) -> torch.Tensor:
+    return projection_weight(layer, name).detach().abs().double().sum(1).view(units, -1).sum(1)
 
 
 def head_magnitude(layer: Any, shape: ModelShape) -> torch.Tensor:
-    attn, d, g = layer.self_attn, shape.head_dim, shape.group_size
-    q = attn.q_proj.weight.detach().abs().double().sum(1).view(shape.n_heads, d).sum(1)
-    k = attn.k_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
-    v = attn.v_proj.weight.detach().abs().double().sum(1).view(shape.n_kv_heads, d).sum(1)
+    d, g = shape.head_dim, shape.group_size
+    q = _row_l1(layer, "q_proj", shape.n_heads)
+    k = _row_l1(layer, "k_proj", shape.n_kv_heads)
+    v = _row_l1(layer, "v_proj", shape.n_kv_heads)
     out: torch.Tensor = (q + (k + v).repeat_interleave(g)) / d
-    return out
+    return out.cpu()
 
 
 def magnitude_importance(model: Any, shape: ModelShape) -> Importance:
@@ -80,11 +87,11 @@ def heads_from_columns(columns: torch.Tensor, shape: ModelShape) -> torch.Tensor
 
 
 def wanda_sp_columns(weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
-    return weight.detach().abs().double().sum(0) * stats.sq_mean.sqrt()
+    return weight.detach().abs().double().sum(0).cpu() * stats.sq_mean.sqrt()
 
 
 def flap_columns(weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
-    return stats.var * (weight.detach().double() ** 2).sum(0)
+    return stats.var * (weight.detach().double() ** 2).sum(0).cpu()
 
 
 ColumnScorer = Callable[[torch.Tensor, ChannelStats], torch.Tensor]
@@ -113,7 +120,7 @@ class _Accumulator:
 
     def stats(self) -> ChannelStats:
         assert self.total is not None and self.squares is not None
-        return ChannelStats(self.total / self.count, self.squares / self.count)
+        return ChannelStats((self.total / self.count).cpu(), (self.squares / self.count).cpu())
 
 
 @torch.no_grad()
@@ -128,7 +135,7 @@ def collect_stats(model: Any, calib: torch.Tensor, batch_size: int) -> list[Laye
         accs.append(pair)
     try:
         for start in range(0, calib.shape[0], batch_size):
-            model.model(calib[start:start + batch_size])
+            model.model(on_model(model, calib[start:start + batch_size]))
     finally:
         for h in handles:
             h.remove()

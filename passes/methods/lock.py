@@ -2,8 +2,10 @@
 
 A lock (``plan.lock.json``) holds every decision in order with its score, the final plan
 (with its ``reconstruct`` setting; the refit itself is recomputed from the calibration
-tokens, deterministically, when the lock is applied), the search statistics, and three
-sha256 hashes:
+tokens, deterministically, when the lock is applied), the search statistics that follow
+from the inputs (evaluations, dense score, trajectory, mode: not the wall time or the
+layer-forwards, which depend on the machine and on ``--workers``; report.json has those, so
+the same inputs write the same lock, byte for byte), and three sha256 hashes:
 - ``spec``: the static section and the dataset it scores on, spans stripped (``spec_hash``);
 - ``model``: every tensor of the model's state (name, dtype, shape, bytes);
 - ``calib``: the calibration token ids (shape + bytes), or "none".
@@ -77,9 +79,9 @@ def lock_json(result: MethodResult) -> dict[str, Any]:
         "format": FORMAT,
         "hashes": dict(result.hashes),
         "plan": result.plan.to_json(),
-        "stats": {"layer_forwards": s.layer_forwards, "candidate_evaluations":
-                  s.candidate_evaluations, "wall_s": s.wall_s, "dense_score": s.dense_score,
-                  "mode": s.mode, "trajectory": [vars(t) for t in s.trajectory]},
+        "stats": {"candidate_evaluations": s.candidate_evaluations,
+                  "dense_score": s.dense_score, "mode": s.mode,
+                  "trajectory": [vars(t) for t in s.trajectory]},
     }
 
 

@@ -22,6 +22,8 @@ compensates, per pruned projection W ``[out, n]`` with input x (over calibration
   inputs are the same with or without the cut, so one Gram gives both sides.
 Removed blocks and untouched projections get nothing. The result is ``{layer: LayerRefit}``
 (``types.py``), applied by ``passes.reference.apply_refit_`` (or ``refit_layer_``).
+Device (``passes.device``): Grams accumulate and Cholesky solves run on the model's device;
+the gelsd fallback runs on the CPU (torch has gelsd there only); refits are CPU tensors.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunec.compiler.ir import ModelShape, Reconstruct
+from prunec.compiler.ir import ModelShape, Reconstruct, damp_for
 from prunec.compiler.plan import LayerPlan, Plan
 from prunec.passes.methods import importance
 from prunec.passes.methods.evaluator import Driver
@@ -53,6 +55,11 @@ def reconstruct(setting: Reconstruct, damp: float, model: nn.Module, shape: Mode
     assert calib is not None, "checks require a score dataset to reconstruct (P0212)"
     with torch.no_grad():
         return RECONSTRUCTIONS[setting](model, shape, plan, calib, damp, options)
+
+
+def resolved_damp(damp: float | None, calib: torch.Tensor | None) -> float:
+    """The damp a refit on ``calib`` runs with (``damp = auto`` is None: ``ir.damp_for``)."""
+    return damp_for(damp, 0 if calib is None else int(calib.numel()))
 
 
 def with_setting(plan: Plan, setting: Reconstruct, damp: float) -> Plan:
@@ -94,7 +101,7 @@ def _bias(weight: torch.Tensor, mean: torch.Tensor, kept: tuple[int, ...],
     mask = torch.ones(weight.shape[1], dtype=torch.bool)
     for unit_index in kept:
         mask[unit_index * width:(unit_index + 1) * width] = False
-    w = weight.detach().double()[:, mask]
+    w = weight.detach().double().cpu()[:, mask]  # refits leave the pass on the CPU
     return (w @ mean[mask]).to(weight.dtype)
 
 
@@ -104,31 +111,32 @@ def _bias(weight: torch.Tensor, mean: torch.Tensor, kept: tuple[int, ...],
 class Gram:
     """sum_t [x_t; 1][x_t; 1]^T in float64 over every token a forward pre-hook sees."""
 
-    def __init__(self, n: int) -> None:
-        self.a = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.a = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=device)
 
     def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        z = torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
+        z = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
         self.a += z.T @ z
 
 
 def ridge_fit(a: torch.Tensor, weight: torch.Tensor, cols: torch.Tensor, damp: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(W' [out, k], b' [out]) of the module docstring from the augmented Gram ``a``."""
-    n = weight.shape[1]
-    idx = torch.cat([cols, torch.tensor([n])])
+    n, cols = weight.shape[1], cols.to(a.device)
+    idx = torch.cat([cols, torch.tensor([n], device=a.device)])
     g = a[idx][:, idx].clone()
     k = len(cols)
     lam = damp * float(g.diagonal()[:k].mean())
     g[range(k), range(k)] += lam
-    w = weight.detach().double()
+    w = weight.detach().double().to(a.device)
     rhs = w @ a[:n][:, idx]  # [out, k + 1]
     rhs[:, :k] += lam * w[:, cols]
     sol = _solve(g, rhs)
     if sol is None:  # nothing finite: keep the plain cut
-        return weight.detach()[:, cols].clone(), torch.zeros(weight.shape[0], dtype=weight.dtype)
-    return sol[:, :k].to(weight.dtype), sol[:, k].to(weight.dtype)
+        return (weight.detach()[:, cols].cpu().clone(),
+                torch.zeros(weight.shape[0], dtype=weight.dtype))
+    return sol[:, :k].to(weight.dtype).cpu(), sol[:, k].to(weight.dtype).cpu()
 
 
 def _solve(g: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor | None:
@@ -138,14 +146,14 @@ def _solve(g: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor | None:
         sol = torch.cholesky_solve(rhs.T, factor).T
         if bool(torch.isfinite(sol).all()):
             return sol
-    sol = torch.linalg.lstsq(g, rhs.T, driver="gelsd").solution.T
+    sol = torch.linalg.lstsq(g.cpu(), rhs.T.cpu(), driver="gelsd").solution.T  # gelsd: CPU
     return sol if bool(torch.isfinite(sol).all()) else None
 
 
 @contextmanager
 def gram_of(linear: nn.Module) -> Iterator[Gram]:
     """A ``Gram`` of ``linear``'s input while the context is open."""
-    gram = Gram(int(linear.in_features))  # type: ignore[arg-type]
+    gram = Gram(int(linear.in_features), linear.weight.device)  # type: ignore[arg-type]
     handle = linear.register_forward_pre_hook(gram)
     try:
         yield gram

@@ -18,7 +18,9 @@ Stopping: for a ``params`` target, stage s runs while the removed parameters are
 only, d = 1:0:0); for per-dimension targets, while the removed blocks / channels / heads are
 below ratio * (2L / L*intermediate / L*heads). A stage without candidates ends early.
 The search is deterministic given the committed plan, so a run resumed from a saved state
-(``resume.py``) reaches the same final plan.
+(``resume.py``) reaches the same final plan. With ``MethodOptions.workers`` > 1 (or a Ray
+address) a step's candidates are scored on Ray actors (``distributed.py``); the loop, the
+order and the selection stay here, so the plan is the same.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from torch import nn
 from prunec.compiler import budget
 from prunec.compiler.ir import ModelShape, StaticMethod, StaticPrune, WidthImportance
 from prunec.compiler.plan import Decision, LayerPlan, Plan
-from prunec.passes.methods import importance, resume
-from prunec.passes.methods.evaluator import Driver, FastEngine, ReferenceEngine
+from prunec.passes.methods import distributed, importance, resume
+from prunec.passes.methods.evaluator import Driver, Engine, FastEngine, ReferenceEngine
 from prunec.passes.methods.resume import SearchState
 from prunec.passes.methods.types import (
     MethodOptions,
@@ -187,10 +189,18 @@ def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
     key = resume.fingerprint(static, hashes or {}, options.mode)
     state = resume.load(options.resume_path, key, static) or SearchState(
         Plan.dense(shape, static.method.value), [], None)
+    engine = open_engine(options, model, shape, calib, state.plan)
+    try:
+        return _search(static, model, shape, calib, options, engine, state, key)
+    finally:
+        engine.close()
+
+
+def _search(static: StaticPrune, model: nn.Module, shape: ModelShape, calib: torch.Tensor,
+            options: MethodOptions, engine: Engine, state: SearchState,
+            key: str) -> MethodResult:
     started, base_forwards = time.perf_counter(), state.layer_forwards
     base_evals, base_wall = state.evaluations, state.wall_s
-    driver = Driver(model, calib, options.batch_size)
-    engine = make_engine(options, model, shape, driver, state.plan)
     score = engine.current()
     if state.dense_score is None:
         state.dense_score = score
@@ -217,6 +227,14 @@ def run_search(static: StaticPrune, model: nn.Module, shape: ModelShape,
     return MethodResult(state.plan, stats)
 
 
+def open_engine(options: MethodOptions, model: nn.Module, shape: ModelShape,
+                calib: torch.Tensor, plan: Plan) -> Engine:
+    """The Ray engine when ``options`` ask for workers, else the in-process one."""
+    if distributed.wanted(options.workers, options.ray_address):
+        return distributed.RayEngine(model, shape, calib, plan, options)
+    return make_engine(options, model, shape, Driver(model, calib, options.batch_size), plan)
+
+
 def make_engine(options: MethodOptions, model: nn.Module, shape: ModelShape, driver: Driver,
                 plan: Plan) -> FastEngine | ReferenceEngine:
     if options.mode == "reference":
@@ -227,8 +245,7 @@ def make_engine(options: MethodOptions, model: nn.Module, shape: ModelShape, dri
 
 
 def search_step(stage: str, static: StaticPrune, shape: ModelShape, orders: Orders,
-                engine: FastEngine | ReferenceEngine, state: SearchState,
-                options: MethodOptions) -> bool:
+                engine: Engine, state: SearchState, options: MethodOptions) -> bool:
     """Score every candidate of ``stage``, commit the best; False when there is none."""
     cands = candidates(stage, state.plan, static, shape, orders)
     if not cands:
@@ -236,8 +253,8 @@ def search_step(stage: str, static: StaticPrune, shape: ModelShape, orders: Orde
     step = len(state.plan.decisions)
     task = f"{static.method.value} {stage} step {step + 1}"
     best: tuple[float, int] | None = None
-    for n, cand in enumerate(cands):
-        s = engine.score(cand.layer)
+    scores = engine.score_all([c.layer for c in cands])
+    for n, (cand, s) in enumerate(zip(cands, scores)):
         if best is None or (s, n) < best:
             best = (s, n)
         emit(options, ProgressEvent(task, n + 1, len(cands), best[0], cand.action))

@@ -44,6 +44,8 @@ class MethodOptions:
     spec_hash: sha256 of the spec's relevant parts (``lock.spec_hash``); None hashes ``static``.
     on_step: called after each committed search step with the step number (tests interrupt).
     batch_size: calibration sequences per forward call; cache_mb: fast-engine cache budget.
+    workers / ray_address: a search's candidates are scored by ``workers`` Ray actors (a local
+    Ray, or the cluster at ``ray_address``; ``distributed.py``); 1 and None: in this process.
     """
 
     mode: str = "fast"
@@ -54,6 +56,8 @@ class MethodOptions:
     on_step: Callable[[int], None] | None = None
     batch_size: int = 8
     cache_mb: int = 3072
+    workers: int = 1
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Pipeline of this package: ``layout`` (which blocks are gated and how many units stay) ->
 ``history`` (H, initialised from calibration) -> ``model`` (the gated blocks: probe, fusion,
 PPsp, TopK, gathered weights, EMA of H) -> ``llama`` (the whole gated forward and the eager
-runner). ``maths`` holds the formulas; ``static`` the wanda-sp / flap baselines.
+runner) -> ``prompt`` (``mode = prompt``: kept sets scored once per sequence from its
+prompt, fixed for its decode) -> ``prompt_graph`` (its prefill, gather and decode as exportable
+modules). ``maths`` holds the formulas; ``static`` the wanda-sp / flap baselines.
 Entry points for the build driver: ``calibrate_history`` and (in prunec.runtime.gated)
 ``export_gated_onnx``.
 """
@@ -11,8 +13,10 @@ Entry points for the build driver: ``calibrate_history`` and (in prunec.runtime.
 from prunec.passes.probe.history import BlockHistory, History, calibrate_history
 from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
 from prunec.passes.probe.llama import GatedLlama, ProbeRunner, build_gated, initial_state
+from prunec.passes.probe.prompt import PromptRunner, prompt_forward
 
 __all__ = [
     "BlockGate", "BlockHistory", "GateKind", "GatedLlama", "History", "LayerGate", "ProbeRunner",
-    "build_gated", "calibrate_history", "initial_state", "layer_gates",
+    "PromptRunner", "build_gated", "calibrate_history", "initial_state", "layer_gates",
+    "prompt_forward",
 ]

@@ -9,7 +9,8 @@ sequences (length Tc) of x^2 at that position; rows ``Tc .. max_len-1`` (when
 ``max_len > Tc``) take the mean of rows ``1 .. Tc-1`` (position 0, the attention sink, is an
 outlier). ``mean`` keeps the per-channel mean of x over all calibration tokens (FLAP needs
 it for the fluctuation and the bias compensation). History values are immutable tensors in
-frozen dataclasses: an update returns a new ``History``.
+frozen dataclasses: an update returns a new ``History``. Calibration runs on the model's
+device (``passes.device``); the initial H is returned on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from prunec.compiler.ir import DEFAULT_MAX_LEN, ModelShape, ProbePolicy
+from prunec.passes.device import on_model
 from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
 
 CALIB_BATCH = 8
@@ -62,7 +64,8 @@ class _Accumulator:
         if max_len > tc:
             tail = sq[1:].mean(0) if tc > 1 else sq[0]
             sq = torch.cat([sq, tail.expand(max_len - tc, -1)])
-        return BlockHistory(sq.float().contiguous(), (self.sum / (self.n * tc)).float())
+        mean = (self.sum / (self.n * tc)).float()
+        return BlockHistory(sq.float().contiguous().cpu(), mean.cpu())  # H leaves on the CPU
 
 
 def _hook_targets(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
@@ -78,7 +81,7 @@ def _hook_targets(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
 def _run_batches(model: nn.Module, calib: torch.Tensor) -> None:
     with torch.no_grad():
         for start in range(0, calib.shape[0], CALIB_BATCH):
-            model(input_ids=calib[start:start + CALIB_BATCH], use_cache=False)
+            model(input_ids=on_model(model, calib[start:start + CALIB_BATCH]), use_cache=False)
 
 
 def calibrate_history(model: nn.Module, shape: ModelShape, policy: ProbePolicy,

@@ -67,8 +67,16 @@ class GatedLlama(nn.Module):
             if nh is not None and idx is not None:
                 new.append(nh)
                 kept.append(idx)
+        return self.head_logits(h), new, kept
+
+    def block_list(self) -> list[GatedBlock]:
+        """The gated blocks in residual order (``self.blocks`` is typed as Modules)."""
+        return [b for b in self.blocks if isinstance(b, GatedBlock)]
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and the (tied or own) LM head on the residual ``h [B, T, D]``."""
         head = self.embed if self.lm_head is None else self.lm_head
-        return rms_norm(h, self.final_norm, self.eps) @ head.t(), new, kept
+        return rms_norm(h, self.final_norm, self.eps) @ head.t()
 
 
 def rope_tables(rotary: Any, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

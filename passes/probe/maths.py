@@ -59,8 +59,10 @@ def mlp_importance(s: torch.Tensor, down_pow4: torch.Tensor) -> torch.Tensor:
 
 
 def head_importance(s: torch.Tensor, o_pow4: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """PPsp head importance: L2 of ``S_c * W_o[:, c]^2`` over rows and the head's columns."""
-    return (s.pow(2) * o_pow4).view(-1, head_dim).sum(dim=-1).sqrt()
+    """PPsp head importance: L2 of ``S_c * W_o[:, c]^2`` over rows and the head's columns
+    (``s`` ``[..., C]``: any leading batch dims)."""
+    per_column = s.pow(2) * o_pow4
+    return per_column.reshape(*per_column.shape[:-1], -1, head_dim).sum(dim=-1).sqrt()
 
 
 def ema_update(old: torch.Tensor, batch_sq: torch.Tensor, momentum: float) -> torch.Tensor:

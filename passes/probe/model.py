@@ -170,17 +170,22 @@ class GatedBlock(nn.Module):
         x = rms_norm(h, self.norm, self.settings.eps)
         idx, mean = self.choose(h, x, rope, hist)
         act = self.activation(x, rope, idx)
+        out = self.output(act, idx, mean)
+        if not self.dynamic:
+            return out, None, idx
+        assert hist is not None and idx is not None
+        return out, update_history(hist, act, self.columns(idx), self.settings.momentum), idx
+
+    def output(self, act: torch.Tensor, idx: torch.Tensor | None, mean: torch.Tensor | None
+               ) -> torch.Tensor:
+        """The block's output from the kept units' activation ``act`` (all units when ``idx``
+        is None), the compensation of the skipped ones and the output bias."""
         if mean is not None and idx is not None:
             out = self.project(act - mean.index_select(0, self.columns(idx)), idx)
             out = out + self.project(mean, None)
         else:
             out = self.project(act, idx)
-        if self.bias is not None:
-            out = out + self.bias
-        if not self.dynamic:
-            return out, None, idx
-        assert hist is not None and idx is not None
-        return out, update_history(hist, act, self.columns(idx), self.settings.momentum), idx
+        return out if self.bias is None else out + self.bias
 
     def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                    idx: torch.Tensor | None) -> torch.Tensor:

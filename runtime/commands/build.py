@@ -1,8 +1,10 @@
-"""``prunec build SPEC [-o DIR] [-q] [--json] [--lock FILE] [--resume] [--batch-size N]``.
+"""``prunec build SPEC [-o DIR] [-q] [--json] [--lock FILE] [--resume] [--batch-size N]
+[--workers N] [--ray-address ADDR] [--device auto|cpu|cuda|cuda:N]``.
 
 Builds the artifact (``prunec.runtime.build``): exit 0, or 1 when the spec has errors or a
 gate fails (nothing is published then; each failed gate is a P0405 diagnostic on its spec
-line), 130/143 on SIGINT/SIGTERM.
+line), 130/143 on SIGINT/SIGTERM. ``--device`` replaces the spec's ``model { device }``; a
+CUDA device torch does not find is a plain error (exit 1) before anything loads.
 """
 
 from __future__ import annotations
@@ -32,8 +34,31 @@ def register(subparsers: Any) -> None:
                    help="apply a plan lock (plan.lock.json of an earlier build): no search")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search from its last completed step")
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="score a search's candidates on N Ray actors (default 1: in process)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run those actors on the Ray cluster at ADDR (e.g. HOST:6379)")
+    p.add_argument("--device", type=_device, metavar="DEVICE",
+                   help="where torch work runs: auto, cpu, cuda or cuda:N (default: the "
+                        "spec's model { device }, else auto = CUDA when present)")
     add_common(p)
     p.set_defaults(handler=cmd_build)
+
+
+def _device(text: str) -> Any:
+    from prunec.compiler.ir import Device
+
+    device = Device.parse(text)
+    if device is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -44,10 +69,20 @@ def _build(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from prunec.runtime.build import BuildOptions, build
+    from prunec.runtime.device import device_problem
     from prunec.runtime.report import render
 
     spec = load_spec_or_raise(args.spec)
-    options = BuildOptions(args.output, args.quiet, args.lock, args.batch_size, args.resume)
+    from prunec.passes.methods import distributed
+
+    if distributed.wanted(args.workers, args.ray_address):
+        distributed.require_ray()  # before the model loads
+    problem = args.device and device_problem(args.device)
+    if problem:
+        print(f"prunec: error: --device: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    options = BuildOptions(args.output, args.quiet, args.lock, args.batch_size, args.resume,
+                           args.workers, args.ray_address, device=args.device)
     result = build(spec, args.spec.parent, options)
     if args.json:
         print(json.dumps(result.report, indent=1))

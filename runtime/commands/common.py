@@ -85,8 +85,13 @@ def with_signals(fn: Callable[[], int]) -> int:
 
 
 def artifact_onnx(directory: Path) -> Path:
-    """The artifact's ONNX file (its only *.onnx; P0404 otherwise)."""
-    found = sorted(directory.glob("*.onnx"))
+    """The artifact's ONNX file (its only *.onnx but the sidecar graphs of another, such as
+    a prompt-mode artifact's ``model.gather.onnx``; P0404 otherwise)."""
+    from prunec.compiler.names import onnx_sidecars
+
+    every = sorted(directory.glob("*.onnx"))
+    sidecars = {s for p in every for s in onnx_sidecars(p.name)}
+    found = [p for p in every if p.name not in sidecars]
     if len(found) != 1:
         raise user_error("P0404", f"{directory} holds {len(found)} .onnx files; expected one "
                          "prunec artifact", str(directory))
@@ -106,7 +111,7 @@ def artifact_tokenizer(directory: Path) -> Any:
 
 def check_history_covers(manifest: dict[str, Any], seq_len: int, where: str) -> None:
     """P0403 unless a gated artifact's history covers sequences of ``seq_len`` tokens."""
-    from prunec.runtime.gated import MIN_SEQ
+    from prunec.compiler.ir import MIN_SEQ
 
     max_len = int(manifest["max_len"])
     if not MIN_SEQ <= seq_len <= max_len:

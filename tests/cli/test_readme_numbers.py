@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 NUMBER = re.compile(r"(?<![\w.\-\[/])(\d+(?:\.\d+)?(?:e-?\d+)?)(%|x)?(?![\w\[\]])")
-CITED = re.compile(r"([\w-]+\.json)\b")
+# a result cited by path or by bare name; not the tail of another file's name
+# (``model.gating.json``, ``plan.lock.json``), which is an artifact file, not a result
+CITED = re.compile(r"(?:bench/results/|(?<![\w./-]))([\w-]+\.json)\b")
 
 Results = dict[str, Any]
 
@@ -76,9 +78,6 @@ DERIVED: tuple[tuple[str, str, Callable[[Results], float]], ...] = (
 )
 
 DERIVED += (
-    ("(2.7 times its float32", "2.7",
-     lambda r: (r["large_model.json"]["build"]["peak_rss_kib"] * 1024
-                / r["large_model.json"]["model"]["float32_bytes"])),
     ("costs at most 4.8% (wanda-sp at 10%)", "4.8%",
      lambda r: (_refit_ppl(r, "wanda-sp", 0.1, "least-squares")
                 / _refit_ppl(r, "wanda-sp", 0.1, "off") - 1)),

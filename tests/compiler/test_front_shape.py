@@ -153,14 +153,15 @@ def test_attention_biases_from_config_reach_param_count(
         per_layer + (2 + 2 * 1) * 16 * want[0] + 64 * want[1])
 
 
-def test_qwen3_is_not_supported_yet(tmp_path: Path) -> None:
-    """One tuple of families (compiler.shape.SUPPORTED): a qwen3 spec fails check, not build."""
+def test_a_family_outside_the_table_fails_check(tmp_path: Path) -> None:
+    """One table of families (compiler.families): a gpt_neox spec fails check, not build."""
     data = json.loads((FIXTURES / "models" / "tiny-llama" / "config.json").read_text())
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({**data, "model_type": "qwen3"}))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**data, "model_type": "gpt_neox"}))
     _, diags = check_source('model hf "m"\n', str(tmp_path / "s.prune"))
     assert [(d.code, d.span.line) for d in diags] == [("P0303", 1)]
-    assert "qwen3" in diags[0].message and "llama, mistral, qwen2" in (diags[0].hint or "")
+    assert "gpt_neox" in diags[0].message and "llama, mistral, qwen2, qwen3" in (
+        diags[0].hint or "")
 
 
 def _gguf_meta(**change: object) -> dict[str, object]:
@@ -175,7 +176,7 @@ def _gguf_meta(**change: object) -> dict[str, object]:
     ({"llama.attention.head_count": 0}, "head_count must be a positive integer, not 0"),
     ({"llama.attention.head_count_kv": 3}, "4 attention heads cannot be grouped over 3"),
     ({"llama.embedding_length": 66}, "hidden size 66 is not divisible by 4"),
-    ({"general.architecture": "qwen3"}, 'architecture "qwen3" is not supported'),
+    ({"general.architecture": "gpt2"}, 'architecture "gpt2" is not supported'),
 ])
 def test_gguf_metadata_obeys_the_config_rules(change: dict[str, object], message: str) -> None:
     from prunec.compiler.shape import shape_from_gguf_meta

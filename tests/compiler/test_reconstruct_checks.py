@@ -6,7 +6,7 @@ import pytest
 from frontkit import ROOT
 
 from prunec.compiler.driver import check_source
-from prunec.compiler.ir import DEFAULT_DAMP, Reconstruct, Spec
+from prunec.compiler.ir import DAMP_PRIOR_TOKENS, Reconstruct, Spec, damp_for
 
 CALIB = 'model demo\ndataset c text "data/kjv-calib.txt" { samples = 4, seq_len = 64 }\n'
 
@@ -20,11 +20,26 @@ def test_settings_lower_with_the_method_default() -> None:
     spec, errors = _check("prune flap { target = 20%, score = c }\n")
     assert spec and spec.static and not errors
     assert spec.static.reconstruct is None and spec.static.reconstruction is Reconstruct.BIAS
-    assert spec.static.damp == DEFAULT_DAMP
+    assert spec.static.damp is None  # auto
+    assert spec.refit_damp() == "auto: 1"  # 4 x 64 tokens: fewer than DAMP_PRIOR_TOKENS
     spec, errors = _check("prune multipruner { target = 20%, score = c, "
                           "reconstruct = least-squares, damp = 5% }\n")
     assert spec and spec.static and not errors
     assert spec.static.reconstruction is Reconstruct.LEAST_SQUARES and spec.static.damp == 0.05
+
+
+def test_damp_auto_is_a_prior_worth_a_fixed_number_of_tokens() -> None:
+    """auto: DAMP_PRIOR_TOKENS / tokens, capped at 1; a written damp is used as written."""
+    assert damp_for(None, 4 * DAMP_PRIOR_TOKENS) == pytest.approx(0.25)
+    assert damp_for(None, DAMP_PRIOR_TOKENS // 2) == 1.0 and damp_for(None, 0) == 1.0
+    assert damp_for(None, 4096) < damp_for(None, 1024)
+    assert damp_for(0.0, 10) == 0.0 and damp_for(0.3, 10**6) == 0.3
+    spec, errors = _check("prune wanda-sp { target = 20%, score = c, "
+                          "reconstruct = least-squares, damp = auto }\n")
+    assert spec and spec.static and not errors and spec.static.damp is None
+    spec, errors = _check("prune wanda-sp { target = 20%, score = c, "
+                          "reconstruct = least-squares, damp = 0.2 }\n")
+    assert spec and spec.refit_damp() == "0.2"
 
 
 def test_manual_plan_takes_score_reconstruct_and_damp() -> None:

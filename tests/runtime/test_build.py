@@ -17,7 +17,7 @@ from prunec.runtime.build import BuildOptions, build
 
 REPORT_KEYS = {"schema", "passed", "spec", "model", "method", "plan_summary", "params",
                "flops_per_token", "layers", "perplexity", "gates", "providers", "timings_s",
-               "compile", "method_info", "genai", "versions", "notes"}
+               "memory", "compile", "method_info", "genai", "versions", "notes"}
 
 
 def test_artifact_layout(built: Any) -> None:

@@ -34,7 +34,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "zero head_dim": ({"head_dim": 0}, "head_dim must be a positive integer, not 0"),
     "odd head_dim": ({"hidden_size": 66, "head_dim": DROP}, "head size 11 is odd"),
     "string bool": ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
-    "qwen3": ({"model_type": "qwen3"}, 'model_type "qwen3" is not supported'),
+    "gpt_neox": ({"model_type": "gpt_neox"}, 'model_type "gpt_neox" is not supported'),
     "not a causal lm": ({"architectures": ["LlamaForSequenceClassification"]},
                         "not a causal language model"),
 }

@@ -15,7 +15,7 @@ import torch
 from method_fixtures import calib_tokens, make_static
 from tinymodels import tiny_llama, torch_threads
 
-from prunec.compiler.ir import Reconstruct, StaticMethod, StaticPrune
+from prunec.compiler.ir import Reconstruct, StaticMethod, StaticPrune, damp_for
 from prunec.passes.methods import MethodOptions, compute_plan
 from prunec.passes.methods.lock import read_lock, write_lock
 from prunec.passes.methods.reconstruct import ridge_fit
@@ -30,7 +30,7 @@ from prunec.passes.reference import (
 )
 
 
-def _static(method: StaticMethod, setting: Reconstruct | None, damp: float = 0.01,
+def _static(method: StaticMethod, setting: Reconstruct | None, damp: float | None = 0.01,
             **target: Any) -> StaticPrune:
     base = make_static(method, **target) if target else make_static(method, 0.25)
     return dataclasses.replace(base, reconstruct=setting, damp=damp)
@@ -206,3 +206,19 @@ def test_reconstruction_is_in_the_onnx_graph_and_a_locked_rebuild_is_byte_identi
     assert relative_error(got, want) <= 1e-4
     plain = reference_logits(apply_plan_(copy.deepcopy(model), first.plan, shape), ids)
     assert relative_error(plain, want) > 1e-3, "the refit must matter in this test"
+
+
+def test_damp_auto_resolves_from_the_calibration_tokens_and_is_recorded() -> None:
+    """damp = auto (None) runs ``ir.damp_for`` on the score tokens; the plan (and so the
+    lock and report) records the number that ran, and fewer tokens get a stronger ridge."""
+    model = tiny_llama(4).double()
+    shape = shape_of(model)
+    damps = []
+    for samples in (8, 32):
+        calib = calib_tokens(samples=samples, seq_len=64)
+        static = _static(StaticMethod.WANDA_SP, Reconstruct.LEAST_SQUARES, damp=None,
+                         heads=0.5, mlp=0.5)
+        result = compute_plan(static, model, shape, calib)
+        assert result.plan.damp == damp_for(None, samples * 64)
+        damps.append(result.plan.damp)
+    assert damps[0] is not None and damps[1] is not None and damps[0] > damps[1]

@@ -121,20 +121,9 @@ def test_session_reset_and_limits(plain):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy):  # type: ignore[no-untyped-def]
+def test_smollm2_gated_onnx_matches_eager(tmp_path, make_policy, smollm2):  # type: ignore[no-untyped-def]
     """All 30 layers of SmolLM2 at the example spec's 40%: 27 gated layers, KJV text."""
-    from prunec.compiler.diagnostics import Span
-    from prunec.compiler.ir import DataFormat, DatasetDecl, DType, ModelDecl, ModelSource
-    from prunec.runtime.data import load_dataset
-    from prunec.runtime.models import load_model
-
-    span = Span("", 0, 0, 0, 0)
-    specs = Path(__file__).resolve().parents[3] / "specs"
-    loaded = load_model(ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, span), specs)
-
-    def text(file: str, n: int, t: int) -> torch.Tensor:
-        decl = DatasetDecl(file, DataFormat.TEXT, (f"data/{file}",), None, n, t, 0, None, span)
-        return load_dataset(decl, specs, loaded.tokenizer)
+    loaded, text = smollm2, smollm2.text
 
     policy = make_policy(0.4, skip=(0, 1, 2), round_to=64)
     info, runner = _artifact(tmp_path, loaded.model, policy, text("kjv-calib.txt", 8, 64),

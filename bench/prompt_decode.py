@@ -1,0 +1,228 @@
+"""Decode speed of ``probe { mode = prompt }`` artifacts vs the dense KV-cache artifact (ORT).
+
+Artifacts, each built by ``prunec build`` from a spec written here (``model demo``, no
+evaluation): the dense model with the KV cache, fused (``fuse = on``, the default) and plain
+(``fuse = off``: the graph style of the prompt-mode graphs, which are not fused), and
+``mode = prompt`` at each ``--ratios`` (the ``specs/smollm2-prompt-gating.prune`` policy:
+MLP and heads, first 3 layers skipped, ``tokens = 50%``, ``round = 64``, compensation on;
+H calibrated on ``--calib-samples`` x 256 tokens of ``specs/data/kjv-calib.txt``;
+``max_len`` = prompt + new tokens).
+
+Timing (``runtime.generate.Generator``, the runtime of ``prunec generate``): prompts are
+``--prompt-len``-token windows of ``specs/data/kjv-eval.txt`` (batch b: the first b
+windows, one length: prompt mode takes no padding); greedy, ``--new-tokens`` every run (EOS
+ignored). Time to first token = the prefill (prompt mode: the dense prefill with its probe,
+TopK and kept sets); decode tokens/s counts the gather (once per request, on the first
+decode step) in the decode time. Each repeat runs every artifact once per batch size,
+round-robin; medians over ``--repeats`` after one warm-up run per artifact and batch.
+
+Bound (``generation.weight_bytes``: initializer bytes a decoded token reads, a table read
+only by Gather counting one row): dense = the dense graph's; prompt mode = the decode
+graph's initializers plus, per sequence, the gathered weights (``w.*`` inputs, from the
+manifest). Kept sets are per sequence, so one decode step at batch b reads b copies of the
+gathered weights: per step, bound = dense / (decode initializers + b x gathered).
+
+``matmul_us``: one SmolLM2-sized MatMul at batch 1 with the weight as an initializer, a
+plain input and a batched input (``matmul_us``), to tell whether the decode graph's batched
+form costs more than a per-batch plain one would.
+
+Run: ``python bench/prompt_decode.py [--ratios 0.2,0.4,0.5] [--batches 1,4] [--prompt-len
+128] [--new-tokens 128] [--repeats 5] [--calib-samples 32] [--workdir DIR] [--out FILE]``;
+writes ``bench/results/prompt_decode.json`` with the machine (``bench/machine.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine
+from generation import CALIB, cached_run, open_generator, prompts, weight_bytes
+
+RESULTS = Path(__file__).parent / "results" / "prompt_decode.json"
+DENSE = {"dense-fused": "on", "dense-plain": "off"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    ratios: tuple[float, ...]
+    batches: tuple[int, ...]
+    prompt_len: int
+    new_tokens: int
+    repeats: int
+    calib_samples: int
+    provider: str
+
+
+def spec_text(name: str, s: Settings) -> str:
+    """The spec of artifact ``name`` (``dense-*`` or ``prompt-NN``)."""
+    if name in DENSE:
+        return f'name = "{name}"\nmodel demo\nexport onnx "model.onnx" {{ fuse = {DENSE[name]} }}\n'
+    ratio = int(name.removeprefix("prompt-"))
+    return (f'name = "{name}"\nmodel demo\n'
+            f'dataset calib text "{CALIB}" {{ samples = {s.calib_samples}, seq_len = 256 }}\n'
+            f"probe {{\n  ratio = {ratio}%\n  targets = [mlp, heads]\n  skip = [layers[0..2]]\n"
+            "  mode = prompt\n  tokens = 50%\n  history = calib\n  metric = ppsp\n"
+            "  round = 64\n  compensate = on\n}\n"
+            f'export onnx "model.onnx" {{ gating = on, max_len = '
+            f"{max(256, s.prompt_len + s.new_tokens)} }}\n")
+
+
+def build(name: str, workdir: Path, s: Settings) -> Path:
+    from prunec.runtime.cli import main
+
+    out = workdir / name
+    if not (out / "model.onnx").is_file():
+        spec = workdir / f"{name}.prune"
+        spec.write_text(spec_text(name, s))
+        if main(["build", str(spec), "-o", str(out), "-q"]) != 0:
+            raise SystemExit(f"building {spec} failed")
+    return out
+
+
+def gathered_bytes(path: Path) -> int:
+    """Bytes of one sequence's gathered weights (the decode graph's ``w.*`` inputs)."""
+    manifest = json.loads((path / "model.gating.json").read_text())
+    return sum(int(np.prod(v["shape"][1:])) * np.dtype(v["dtype"]).itemsize
+               for v in manifest["graphs"]["decode"]["inputs"] if v["name"].startswith("w."))
+
+
+def bytes_per_step(path: Path, batch: int) -> int:
+    """Weight bytes one decode step reads at ``batch`` (see the module docstring)."""
+    decode = path / "model.decode.onnx"
+    if not decode.is_file():
+        return weight_bytes(path / "model.onnx")[1]
+    return weight_bytes(decode)[1] + batch * gathered_bytes(path)
+
+
+def time_all(gens: dict[str, Any], texts: list[list[int]], s: Settings
+             ) -> dict[tuple[str, int], list[tuple[float, float, list[int]]]]:
+    samples: dict[tuple[str, int], list[tuple[float, float, list[int]]]] = defaultdict(list)
+    for b in s.batches:
+        for gen in gens.values():
+            cached_run(gen, texts[:b], 2)  # warm-up
+        for _ in range(s.repeats):
+            for name, gen in gens.items():
+                samples[(name, b)].append(cached_run(gen, texts[:b], s.new_tokens))
+    return samples
+
+
+def rows(samples: dict[tuple[str, int], list[tuple[float, float, list[int]]]],
+         paths: dict[str, Path]) -> list[dict[str, Any]]:
+    """Medians, and for prompt mode the ratios to dense-fused and dense-plain."""
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+           for k, v in samples.items()}
+    out = []
+    for (name, b), (ttft, tok_s) in med.items():
+        row: dict[str, Any] = {"artifact": name, "batch": b, "ttft_ms": ttft * 1e3,
+                               "decode_tok_s": tok_s, "runs": len(samples[(name, b)]),
+                               "weight_bytes_per_step": bytes_per_step(paths[name], b)}
+        for dense in (d for d in DENSE if name.startswith("prompt") and (d, b) in med):
+            row[f"decode_speedup_vs_{dense}"] = tok_s / med[(dense, b)][1]
+            row[f"ttft_ratio_vs_{dense}"] = ttft / med[(dense, b)][0]
+            row[f"bound_vs_{dense}"] = bytes_per_step(paths[dense], b) / row[
+                "weight_bytes_per_step"]
+        out.append(row)
+    return out
+
+
+def matmul_us(d: int = 576, c: int = 1536, reps: int = 9, calls: int = 200) -> dict[str, float]:
+    """Median microseconds of one ``[1, d] x [d, c]`` MatMul on onnxruntime CPU with the
+    weight as an initializer (prepacked), as a plain input, and as a batched ``[1, d, c]``
+    input (the decode graph's form), interleaved: is the batched form slower at batch 1?"""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((d, c)).astype(np.float32)
+
+    def session(kind: str) -> tuple[Any, dict[str, Any]]:
+        x_shape, w_shape = ([1, 1, d], [1, d, c]) if kind == "batched" else ([1, d], [d, c])
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+        inits = [numpy_helper.from_array(w, "w")] if kind == "initializer" else []
+        if not inits:
+            inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, w_shape))
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], kind, inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {"x": np.ones(x_shape, np.float32)} | ({} if inits else {"w": w.reshape(w_shape)})
+        return sess, {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+
+    runs = {k: session(k) for k in ("initializer", "input", "batched")}
+    for sess, feeds in runs.values():  # warm-up: first-run allocations
+        sess.run(None, {k: v.numpy() for k, v in feeds.items()})
+    times: dict[str, list[float]] = defaultdict(list)
+    for _ in range(reps):
+        for kind, (sess, feeds) in runs.items():
+            io = sess.io_binding()
+            for name, value in feeds.items():
+                io.bind_ortvalue_input(name, value)
+            io.bind_output("y")
+            start = time.perf_counter()
+            for _ in range(calls):
+                sess.run_with_iobinding(io)
+            times[kind].append((time.perf_counter() - start) / calls * 1e6)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run(s: Settings, workdir: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    run_on = machine.start()
+    names = [*DENSE, *(f"prompt-{round(r * 100)}" for r in s.ratios)]
+    paths = {n: build(n, workdir, s) for n in names}
+    tokenizer = AutoTokenizer.from_pretrained(str(paths["dense-fused"]))
+    texts = prompts(tokenizer, s.prompt_len, max(s.batches))
+    gens = {n: open_generator(p, s.provider) for n, p in paths.items()}
+    start = time.perf_counter()
+    samples = time_all(gens, texts, s)
+    files = {n: sum(f.stat().st_size for f in p.glob("model*.onnx*")) for n, p in paths.items()}
+    return {"benchmark": "prompt_decode", "model": "SmolLM2-135M-Instruct",
+            "settings": asdict(s), "machine": run_on.entry(), "onnx_bytes": files,
+            "timing_s": time.perf_counter() - start, "rows": rows(samples, paths),
+            "matmul_us": matmul_us()}
+
+
+def numbers(text: str, kind: type) -> tuple[Any, ...]:
+    return tuple(kind(x) for x in text.split(",") if x.strip())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--ratios", default="0.2,0.4,0.5")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--calib-samples", type=int, default=32, help="H calibration, x256 tokens")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--workdir", type=Path, default=None, help="builds kept and reused here")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args()
+    s = Settings(numbers(a.ratios, float), numbers(a.batches, int), a.prompt_len, a.new_tokens,
+                 a.repeats, a.calib_samples, a.provider)
+    if a.workdir is not None:
+        a.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(s, a.workdir or Path(tmp))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in result["rows"]:
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

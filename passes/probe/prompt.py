@@ -1,0 +1,104 @@
+"""Prompt-conditioned Probe Pruning (``probe { mode = prompt }``): the PyTorch reference.
+
+Per sequence, once: its prompt (positions 0 .. P-1) is the batch that gets probed. At every
+``DYNAMIC`` block the probe is taken from the prompt's residual entering the block
+(``model.select_probe``: the ``tokens`` fraction of the prompt's positions; ``samples`` of a
+one-sequence batch is that sequence), scored by PPsp fused with the history H at the probe
+positions (``GatedBlock.choose``), and ``topk`` fixes the kept set for that sequence's whole
+decode. H is read, never updated: requests are independent (nothing carries from one prompt
+to the next), so ``momentum`` does not apply.
+Prefill runs dense (logits 0 .. P-1 are the dense model's). Decode positions P .. run on the
+kept units only, attending to the prompt's keys/values from the dense prefill; with
+``compensate`` each skipped unit adds its probe-mean activation (as ``GatedBlock.output``).
+
+``prompt_forward`` is the teacher-forced form, ids ``[B, T]`` -> logits ``[B, T, V]`` in one
+causal pass, and it is exact: a position's residual depends on positions at or before it
+only, so prompt positions (all units) equal the dense prefill, and decode positions (the
+skipped units' activations replaced by 0, or by the probe mean when compensating: for a
+SwiGLU channel or an attention head the same as gathering the kept weights) equal decode
+steps with the cache. Kept sets differ per sequence, so they are masks ``[B, C]`` here, not
+gathers. ``oracle`` (benchmarks only) scores on the whole sequence with full-batch probing:
+an upper bound no deployment can run (it reads the continuation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
+from prunec.passes.probe.history import History
+from prunec.passes.probe.layout import GateKind
+from prunec.passes.probe.llama import GatedLlama, build_gated, initial_state
+from prunec.passes.probe.model import GatedBlock, rms_norm
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+def choose_per_sequence(block: GatedBlock, h: torch.Tensor, x: torch.Tensor, rope: Rope,
+                        hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kept-column mask ``[B, C]``, skipped-column fill ``[B, C]``, kept units ``[B, keep]``
+    in topk order) from each sequence's own ``h``/``x`` ``[B, n, D]`` (its scored prefix)."""
+    masks, fills, kept = [], [], []
+    for s in range(h.shape[0]):
+        idx, mean = block.choose(h[s:s + 1], x[s:s + 1], rope, hist)
+        assert idx is not None
+        mask = torch.zeros(hist.shape[0], dtype=x.dtype)
+        mask[block.columns(idx)] = 1.0
+        masks.append(mask)
+        fills.append(torch.zeros_like(mask) if mean is None else mean * (1.0 - mask))
+        kept.append(idx)
+    return torch.stack(masks), torch.stack(fills), torch.stack(kept)
+
+
+def prompt_forward(gated: GatedLlama, ids: torch.Tensor, prompt_len: int,
+                   histories: list[torch.Tensor], score_len: int | None = None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits ``[B, T, V]``, kept units ``[B, keep]`` per dynamic block in
+    ``history_names`` order); the kept sets are scored on positions ``0 .. score_len-1``
+    (default: the prompt)."""
+    t = ids.shape[1]
+    n = score_len or prompt_len
+    h = torch.nn.functional.embedding(ids, gated.embed)
+    rope = (gated.cos[:t], gated.sin[:t])
+    decode = (torch.arange(t) >= prompt_len).view(1, t, 1)
+    kept: list[torch.Tensor] = []
+    for block in gated.block_list():
+        if block.gate.kind is GateKind.STATIC:
+            raise ValueError("mode = prompt scores with ppsp; static metrics have no prompt")
+        x = rms_norm(h, block.norm, gated.eps)
+        act = block.activation(x, rope, None)
+        if block.dynamic:
+            mask, fill, idx = choose_per_sequence(
+                block, h[:, :n], x[:, :n], (rope[0][:n], rope[1][:n]), histories[len(kept)])
+            kept.append(idx)
+            act = torch.where(decode, act * mask.unsqueeze(1) + fill.unsqueeze(1), act)
+        h = h + block.output(act, None, None)
+    return gated.head_logits(h), kept
+
+
+class PromptRunner:
+    """Eager prompt-mode gating: ``run(ids, prompt_len) -> logits``; H stays the calibrated
+    one. ``oracle`` (benchmarks): full-batch scoring on the whole sequence instead."""
+
+    def __init__(self, model: nn.Module, shape: ModelShape, policy: ProbePolicy,
+                 history: History, oracle: bool = False) -> None:
+        mode = ProbeMode.FULL_BATCH if oracle else ProbeMode.PROMPT
+        self.gated = build_gated(model, shape, replace(policy, mode=mode), history)
+        self.state = initial_state(self.gated, history)
+        self.max_len, self.oracle = history.max_len, oracle
+        self.last_kept: list[torch.Tensor] = []
+
+    def run(self, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        t = ids.shape[1]
+        if not MIN_SEQ <= prompt_len < t <= self.max_len:
+            raise ValueError(f"prompt {prompt_len} and sequence {t} tokens: need "
+                             f"{MIN_SEQ} <= prompt < sequence <= history max_len "
+                             f"{self.max_len}")
+        logits: torch.Tensor
+        with torch.no_grad():
+            logits, self.last_kept = prompt_forward(self.gated, ids, prompt_len, self.state,
+                                                    t if self.oracle else None)
+        return logits

@@ -1,0 +1,260 @@
+"""The three exportable graphs of a ``probe { mode = prompt }`` artifact, as torch modules.
+
+Hand-written for the Llama family (on ``GatedLlama``'s copied weights, like the per-batch
+gated forward; gating as graph passes is issue 13 item 4). Every graph is batched, with
+per-sequence kept sets, static shapes in the pruned dims (TopK with constant K, Gather,
+MatMul) and no control flow:
+- ``PromptPrefill(input_ids [B, T])``: the dense model (logits are the dense model's) that
+  also returns its KV cache and, per dynamic block, the kept units ``[B, keep]`` (ascending)
+  chosen exactly as ``prompt.choose_per_sequence`` does, each sequence probed on its own
+  prompt: the top ``tokens`` fraction of its positions by residual L2 norm (ascending), the
+  probe through the block's projections, PPsp fused with the history H (a constant here,
+  position-major ``[max_len, C]``: prompt mode never updates H), TopK; with ``compensate``
+  also the probe's mean activation per column ``[B, C]``;
+- ``PromptGather(kept, means)`` (once per request): the kept weights per dynamic block
+  (``weight_names``): MLP ``gate_up`` ``[B, D, 2k]`` and ``down`` ``[B, k, D]``; attention
+  ``q`` ``[B, D, k*d]`` (+ ``q_bias`` ``[B, k*d]`` when q_proj has a bias), ``kv_index``
+  ``[B, k]`` (the KV head each kept query head reads), ``o`` ``[B, k*d, D]``; and per block
+  ``out_bias`` ``[B, D]``: the output projection's bias plus, compensating, the skipped
+  units' probe-mean contribution ``W m - W_kept m_kept``;
+- ``PromptDecode(input_ids, position_ids [B, S], pasts, weights)``: the model on the kept
+  weights (batched MatMul per sequence), k/v projections whole, so the KV cache keeps every
+  KV group (the reference prunes query heads; a KV group goes only when all its heads do,
+  which no static shape can express) and is the prefill's cache. ``S`` may exceed 1
+  (teacher-forced continuation for ``eval --prompt-len``).
+Units are ``GatedMLP`` channels and ``GatedAttention`` query heads, as in ``prompt.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunec.compiler.budget import ceil_count
+from prunec.passes.probe import maths
+from prunec.passes.probe.llama import GatedLlama
+from prunec.passes.probe.model import (
+    GatedAttention,
+    GatedBlock,
+    GatedMLP,
+    project_in,
+    rms_norm,
+    rotate,
+)
+
+Tensor = torch.Tensor
+MLP_WEIGHTS = ("gate_up", "gate_up_bias", "down", "out_bias")
+ATTN_WEIGHTS = ("q", "q_bias", "kv_index", "o", "out_bias")
+
+
+def weight_names(block: GatedBlock) -> tuple[str, ...]:
+    """The gathered tensors of a dynamic block, in graph order (biases only where present)."""
+    if isinstance(block, GatedMLP):
+        return tuple(n for n in MLP_WEIGHTS if n != "gate_up_bias" or block.b_gate_up is not None)
+    assert isinstance(block, GatedAttention)
+    return tuple(n for n in ATTN_WEIGHTS if n != "q_bias" or block.b_q is not None)
+
+
+def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any,
+           wq: Tensor, bq: Tensor | None, kv_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(attention output ``[B, S, k*d]``, keys, values ``[B, kv, past+S, d]``) of ``x``
+    ``[B, S, D]`` at the rope rows ``rope`` for the query heads of ``wq`` ``[(B,) D, k*d]``
+    (``kv_index [B, k]``: their KV heads), after the cached ``past`` (None or (keys, values))."""
+    b, s, _ = x.shape
+    d = block.settings.head_dim
+    cos, sin = rope
+    q = x @ wq if bq is None else x @ wq + bq.unsqueeze(1)
+    q = rotate(q.view(b, s, -1, d).transpose(1, 2), cos, sin)
+    k = rotate(project_in(x, block.w_k, block.b_k).view(b, s, -1, d).transpose(1, 2), cos, sin)
+    v = project_in(x, block.w_v, block.b_v).view(b, s, -1, d).transpose(1, 2)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    idx = kv_index[:, :, None, None].expand(-1, -1, k.shape[2], d)
+    kk, vv = torch.gather(k, 1, idx), torch.gather(v, 1, idx)
+    total = k.shape[2]
+    keys = torch.arange(total, device=x.device)
+    queries = torch.arange(s, device=x.device) + (total - s)
+    scores = torch.matmul(q, kk.transpose(-1, -2)) * (d ** -0.5)
+    scores = scores.masked_fill(keys.unsqueeze(0) > queries.unsqueeze(1), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), vv)
+    return out.transpose(1, 2).reshape(b, s, -1), k, v
+
+
+def full_attention(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``attend`` with every query head (the dense block)."""
+    wq = block.w_q.reshape(-1, block.w_q.shape[-1]).t()
+    bq = None if block.b_q is None else block.b_q.reshape(1, -1)
+    return attend(block, x, rope, past, wq, bq, block.kv_map.expand(x.shape[0], -1))
+
+
+def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
+    """Per sequence, the top ``ceil(f*T)`` (>= 2) positions of ``h [B, T, D]`` by L2 over
+    hidden, ascending (``maths.probe_positions`` of each one-sequence batch)."""
+    n = ceil_count(h.shape[1], block.settings.token_frac, 2, maths.SYM_MIN_MAX)
+    return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
+
+
+def choose(g: GatedLlama, block: GatedBlock, h: Tensor, hist_t: Tensor
+           ) -> tuple[Tensor, Tensor | None]:
+    """(kept units ``[B, keep]`` ascending, probe-mean activation ``[B, C]`` or None): each
+    sequence's own probe of its prompt ``h [B, T, D]``, PPsp fused with ``hist_t``."""
+    pos = probe_positions(h, block)
+    p = rms_norm(torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])),
+                 block.norm, g.eps)
+    if isinstance(block, GatedAttention):
+        rope = (g.cos[pos].unsqueeze(1), g.sin[pos].unsqueeze(1))
+        act = full_attention(block, p, rope, None)[0]
+    else:
+        act = block.activation(p, (g.cos, g.sin), None)
+    s = maths.fuse(act.pow(2).transpose(1, 2), hist_t[pos].transpose(1, 2))
+    kept = torch.topk(block.importance(s), block.gate.keep, dim=-1).indices
+    mean = act.mean(1) if block.settings.compensate else None
+    return torch.sort(kept, dim=-1).values, mean
+
+
+class PromptPrefill(nn.Module):
+    """``input_ids [B, T] -> (logits, keys/values per attention block, kept per dynamic
+    block, probe means per dynamic block when compensating)``."""
+
+    def __init__(self, gated: GatedLlama, histories: list[Tensor]) -> None:
+        super().__init__()
+        self.gated = gated
+        for j, hist in enumerate(histories):  # [C, max_len] -> position-major [max_len, C]
+            self.register_buffer(f"hist_{j}", hist.t().contiguous())
+
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, ...]:
+        g, t = self.gated, input_ids.shape[1]
+        h = torch.nn.functional.embedding(input_ids, g.embed)
+        rope = (g.cos[:t], g.sin[:t])
+        cache: list[Tensor] = []
+        kept: list[Tensor] = []
+        means: list[Tensor] = []
+        for block in g.block_list():
+            x = rms_norm(h, block.norm, g.eps)
+            if isinstance(block, GatedAttention):
+                act, k, v = full_attention(block, x, rope, None)
+                cache += [k, v]
+            else:
+                act = block.activation(x, rope, None)
+            if block.dynamic:
+                idx, mean = choose(g, block, h, getattr(self, f"hist_{len(kept)}"))
+                kept.append(idx)
+                means += [] if mean is None else [mean]
+            h = h + block.output(act, None, None)
+        return (g.head_logits(h), *cache, *kept, *means)
+
+
+def gather_block(block: GatedBlock, idx: Tensor, mean: Tensor | None) -> list[Tensor]:
+    """The ``weight_names(block)`` tensors for the kept units ``idx [B, k]``."""
+    b, k = idx.shape
+    if isinstance(block, GatedMLP):
+        wgu = block.w_gate_up[:, idx]  # [2, B, k, D]
+        out = [wgu.permute(1, 3, 0, 2).reshape(b, -1, 2 * k)]
+        if block.b_gate_up is not None:
+            out.append(block.b_gate_up[:, idx].permute(1, 0, 2).reshape(b, 2 * k))
+        w_out, full = block.w_down_t[idx], block.w_down_t  # [B, k, D], [C, D]
+        out.append(w_out)
+    else:
+        assert isinstance(block, GatedAttention)
+        d = block.settings.head_dim
+        out = [block.w_q[idx].reshape(b, k * d, -1).transpose(1, 2)]
+        if block.b_q is not None:
+            out.append(block.b_q[idx].reshape(b, k * d))
+        w_out = block.w_o_t[idx].reshape(b, k * d, -1)
+        full = block.w_o_t.reshape(-1, block.w_o_t.shape[-1])
+        out += [block.kv_map[idx], w_out]
+    return out + [out_bias(block, idx, mean, w_out, full)]
+
+
+def batched_columns(block: GatedBlock, idx: Tensor) -> Tensor:
+    """``GatedBlock.columns`` per sequence: ``idx [B, k]`` -> columns ``[B, k * unit]``."""
+    if isinstance(block, GatedMLP):
+        return idx
+    assert isinstance(block, GatedAttention)
+    d = block.settings.head_dim
+    return (idx.unsqueeze(-1) * d + block.head_offsets).reshape(idx.shape[0], -1)
+
+
+def out_bias(block: GatedBlock, idx: Tensor, mean: Tensor | None, w_kept: Tensor,
+             w_full: Tensor) -> Tensor:
+    """``[B, D]``: the block's own output bias plus, compensating, ``W m - W_kept m_kept``
+    (``GatedBlock.output``'s compensation, constant over the decode)."""
+    b, d_model = idx.shape[0], w_full.shape[-1]
+    bias = torch.zeros(b, d_model, dtype=w_full.dtype) if block.bias is None \
+        else block.bias.reshape(1, -1).expand(b, -1)
+    if mean is None:
+        return bias
+    m_kept = torch.gather(mean, 1, batched_columns(block, idx))
+    return bias + mean @ w_full - (m_kept.unsqueeze(1) @ w_kept).squeeze(1)
+
+
+class PromptGather(nn.Module):
+    """``(kept per dynamic block, means when compensating) -> gathered tensors`` in block
+    order, ``weight_names`` order within a block."""
+
+    def __init__(self, gated: GatedLlama) -> None:
+        super().__init__()
+        self.gated = gated
+
+    def forward(self, kept: list[Tensor], means: list[Tensor]) -> tuple[Tensor, ...]:
+        dynamic = [b for b in self.gated.block_list() if b.dynamic]
+        out: list[Tensor] = []
+        for j, block in enumerate(dynamic):
+            out += gather_block(block, kept[j], means[j] if means else None)
+        return tuple(out)
+
+
+class PromptDecode(nn.Module):
+    """``(input_ids, position_ids [B, S], pasts (key, value per attention block), gathered
+    tensors) -> (logits [B, S, V], presents)``."""
+
+    def __init__(self, gated: GatedLlama) -> None:
+        super().__init__()
+        self.gated = gated
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, pasts: list[Tensor],
+                weights: list[Tensor]) -> tuple[Tensor, ...]:
+        g = self.gated
+        h = torch.nn.functional.embedding(input_ids, g.embed)
+        rope = (g.cos[position_ids].unsqueeze(1), g.sin[position_ids].unsqueeze(1))
+        presents: list[Tensor] = []
+        for block in g.block_list():
+            x = rms_norm(h, block.norm, g.eps)
+            if not block.dynamic:
+                h = h + self._dense(block, x, rope, pasts, presents)
+                continue
+            n = len(weight_names(block))
+            w = dict(zip(weight_names(block), weights[:n]))
+            weights = weights[n:]
+            h = h + self._pruned(block, x, rope, w, pasts, presents)
+        return (g.head_logits(h), *presents)
+
+    @staticmethod
+    def _dense(block: GatedBlock, x: Tensor, rope: tuple[Tensor, Tensor], pasts: list[Tensor],
+               presents: list[Tensor]) -> Tensor:
+        if isinstance(block, GatedAttention):
+            i = len(presents)
+            act, k, v = full_attention(block, x, rope, (pasts[i], pasts[i + 1]))
+            presents += [k, v]
+        else:
+            act = block.activation(x, rope, None)
+        return block.output(act, None, None)
+
+    @staticmethod
+    def _pruned(block: GatedBlock, x: Tensor, rope: tuple[Tensor, Tensor],
+                w: dict[str, Tensor], pasts: list[Tensor], presents: list[Tensor]) -> Tensor:
+        bias = w["out_bias"].unsqueeze(1)
+        if isinstance(block, GatedAttention):
+            i = len(presents)
+            act, k, v = attend(block, x, rope, (pasts[i], pasts[i + 1]), w["q"],
+                               w.get("q_bias"), w["kv_index"])
+            presents += [k, v]
+            return act @ w["o"] + bias
+        gu = x @ w["gate_up"]
+        if "gate_up_bias" in w:
+            gu = gu + w["gate_up_bias"].unsqueeze(1)
+        gate, up = gu.chunk(2, dim=-1)
+        return (torch.nn.functional.silu(gate) * up) @ w["down"] + bias
