@@ -81,9 +81,12 @@ def merge(paths: list[str], out: str) -> None:
     """Combine the JSON of several (parallel) runs into one table and one JSON file."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     for part in parts:  # runs before rows carried their damp: the run's --damp
+        dist = part["args"].get("distribution", "30:70:0")
         for row in part["rows"]:
             if row.get("setting") == Reconstruct.LEAST_SQUARES.value and "damp" not in row:
                 row["damp"] = part["args"].get("damp") or "auto"
+            if row["method"].startswith("multipruner") and dist != "30:70:0":
+                row["method"] += f" ({dist})"  # another distribution is another method
     rows = [r for part in parts for r in part["rows"]]
     write_json(Path(out), {"machine": parts[0]["machine"], "runs": [
         {"machine": p["machine"], "args": p["args"]} for p in parts], "rows": rows})
