@@ -31,10 +31,11 @@ from typing import Any
 import machine
 import torch
 from methods_common import load_demo, perplexity, static, tokens, write_json
+from search_quality import cached
 from torch import nn
 
 from prunec.compiler.ir import Reconstruct, StaticMethod, WidthImportance, damp_for
-from prunec.compiler.plan import LayerPlan, Plan
+from prunec.compiler.plan import LayerPlan
 from prunec.passes.methods import MethodOptions, MethodResult, compute_plan, search
 from prunec.passes.methods.evaluator import FastEngine
 from prunec.passes.methods.reconstruct import (
@@ -43,7 +44,6 @@ from prunec.passes.methods.reconstruct import (
     resolved_damp,
     with_setting,
 )
-from prunec.passes.methods.types import SearchStats, StepScore
 
 PROTOCOLS = {"in-domain": "kjv-eval.txt", "out-of-domain": "licenses.txt"}
 
@@ -81,17 +81,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", default=None, help="only merge these JSON files")
     p.add_argument("--out", default="bench/results/refit_scoring.json")
     return p.parse_args()
-
-
-def saved(directory: str | None, ratio: float, scoring: str = "final") -> MethodResult | None:
-    name = "multipruner-wanda" if scoring == "final" else "multipruner-wanda-refit-scored"
-    path = Path(directory or "/nonexistent") / f"{name}-{ratio}.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    stats = dict(data["stats"], trajectory=tuple(StepScore(**t)
-                                                 for t in data["stats"]["trajectory"]))
-    return MethodResult(Plan.from_json(data["plan"]), SearchStats(**stats))
 
 
 def search_with(lm: Any, calib: torch.Tensor, ratio: float, engine: str) -> MethodResult:
@@ -135,10 +124,9 @@ def main() -> None:
     report: dict[str, Any] = {"machine": run_on.entry(), "args": vars(args), "rows": []}
     for ratio in args.ratios:
         for engine in args.scorings:
-            result = saved(args.final_plans, ratio, engine)
-            if result is None:
-                result = search_with(lm, calib, ratio, engine)
-                save(args.final_plans, ratio, engine, result)
+            name = "multipruner-wanda" + ("" if engine == "final" else "-refit-scored")
+            result = cached(args.final_plans, name, ratio,
+                            lambda e=engine, r=ratio: search_with(lm, calib, r, e))
             refitted, refit_s = refit_final(lm, calib, result, args.damp)
             row: dict[str, Any] = {"ratio": ratio, "scoring": engine,
                                    "search_s": result.stats.wall_s, "refit_s": refit_s,
@@ -153,18 +141,6 @@ def main() -> None:
             write_json(Path(args.out), report)
             print(json.dumps(row), flush=True)
     print_table(report["rows"])
-
-
-def save(directory: str | None, ratio: float, scoring: str, result: MethodResult) -> None:
-    """The searched plan, for a later run (``--scorings final`` reuses it)."""
-    if directory is None:
-        return
-    name = "multipruner-wanda" if scoring == "final" else "multipruner-wanda-refit-scored"
-    stats = {f: getattr(result.stats, f) for f in ("layer_forwards", "candidate_evaluations",
-                                                   "wall_s", "dense_score", "mode")}
-    stats["trajectory"] = [vars(t) for t in result.stats.trajectory]
-    write_json(Path(directory) / f"{name}-{ratio}.json",
-               {"plan": result.plan.to_json(), "stats": stats})
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

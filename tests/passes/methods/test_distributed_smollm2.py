@@ -12,21 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from method_fixtures import SPAN
+from method_fixtures import SPAN, make_static
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
-    Distribution,
     DType,
     LayerSelector,
     ModelDecl,
     ModelSource,
-    Scope,
     SelectorKind,
     StaticMethod,
     StaticPrune,
-    Steps,
-    Target,
     WidthImportance,
 )
 from prunec.passes.methods import MethodOptions, compute_plan
@@ -38,10 +34,9 @@ SPECS = Path(__file__).resolve().parents[3] / "specs"
 
 
 def _static() -> StaticPrune:
-    protect = (LayerSelector(SelectorKind.INDEX, 0, None, SPAN),)
-    return StaticPrune(StaticMethod.MULTIPRUNER, Target(0.02, None, None, None, SPAN),
-                       Distribution(0.3, 0.7, 0.0, SPAN), Steps(384, 1, SPAN), "calib",
-                       protect, True, Scope.PER_LAYER, SPAN, WidthImportance.WANDA_SP)
+    return make_static(StaticMethod.MULTIPRUNER, 0.02, distribution=(0.3, 0.7, 0.0),
+                       steps=(384, 1), protect=(LayerSelector(SelectorKind.INDEX, 0, None, SPAN),),
+                       importance=WidthImportance.WANDA_SP)
 
 
 def test_two_workers_search_smollm2_as_one(one_thread: None) -> None:
