@@ -22,8 +22,8 @@ from prunec.runtime.commands.common import artifact_onnx, artifact_tokenizer
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("generate", help="generate text with a static artifact and its "
-                              "KV cache (ONNX Runtime), streamed to the terminal")
+    p = subparsers.add_parser("generate", help="generate text with a static or prompt-mode "
+                              "artifact and its KV cache (ONNX Runtime), streamed to the terminal")
     p.add_argument("artifact", type=Path)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("prompt", nargs="?")
