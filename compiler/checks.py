@@ -38,6 +38,7 @@ from prunec.compiler.ir import (
     PerplexityGate,
     ProbeMetric,
     ProbeMode,
+    ProbePolicy,
     Reconstruct,
     RemoveBlock,
     SelectorKind,
@@ -419,18 +420,13 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
 
 
 def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
-    """What the gated forward cannot express (decided from config.json): an MLP activation
+    """What the gated forward cannot express (decided from config.json): a family whose
+    support-table row says no to probe (or to prompt mode), a prompt-mode MLP activation
     other than SiLU, or an attention window narrower than the graph's ``max_len``."""
     p, shape, export = ctx.spec.probe, ctx.shape, ctx.spec.onnx_export()
     if p is None or shape is None:
         return
-    if not family(shape.architecture).probe:
-        yield _err("P0226", f"probe gating is not built for {shape.architecture} models "
-                   "(see the README's supported models)", p.span,
-                   "prune it with a static method instead")
-    elif shape.mlp_act != "silu":
-        yield _err("P0226", f"probe gating needs a SiLU MLP; this model's is {shape.mlp_act}",
-                   p.span, "prune it with a static method instead")
+    yield from _probe_family(p, shape)
     max_len = export.max_len if export is not None and export.gating else None
     if max_len is not None and shape.sliding_window is not None and (
             shape.sliding_window < max_len):
@@ -438,6 +434,21 @@ def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
                    f"{shape.sliding_window} tokens, shorter than the gated graph's max_len "
                    f"{max_len}", export.span if export is not None else p.span,
                    f"set max_len = {shape.sliding_window} or less in export onnx")
+
+
+def _probe_family(p: ProbePolicy, shape: ModelShape) -> Iterator[Diagnostic]:
+    row, prompt = family(shape.architecture), p.mode is ProbeMode.PROMPT
+    if not row.probe:
+        yield _err("P0226", f"probe gating is not built for {shape.architecture} models "
+                   "(see the README's supported models)", p.span,
+                   "prune it with a static method instead")
+    elif prompt and not row.prompt:
+        yield _err("P0226", f"mode = prompt is not built for {shape.architecture} models "
+                   "(see the README's supported models)", p.span,
+                   "use mode = probe (per batch) or a static method")
+    elif prompt and shape.mlp_act != "silu":
+        yield _err("P0226", f"mode = prompt needs a SiLU MLP; this model's is "
+                   f"{shape.mlp_act}", p.span, "use mode = probe (per batch) instead")
 
 
 # ------------------------------------------------------------------ exports, gates

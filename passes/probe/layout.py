@@ -1,4 +1,5 @@
-"""How a probe policy lays out over a (possibly statically pruned) Llama model.
+"""How a probe policy lays out over a (possibly statically pruned) HF decoder of any family
+with separate projections (``compiler.families``, probe column).
 
 One ``BlockGate`` per attention / MLP block that exists: its present width (query heads or
 MLP channels, after any static plan), how many stay per batch, and how they are chosen:

@@ -1,27 +1,37 @@
-"""The gated Llama forward: pure torch with explicit weights, eager AND exportable.
+"""The gated blocks of Probe Pruning: pure torch with explicit weights, eager AND exportable.
 
-``GatedLlama(input_ids, histories) -> (logits, new_histories, kept)`` reproduces the HF
-Llama forward (no KV cache) and, per block with a ``DYNAMIC`` gate, Probe Pruning
-(docs/algorithms.md §2): probe selection on the residual entering the block, the probe through
-the block's own projections, fusion with H, PPsp scores, ``topk(score, keep)`` (a constant
-``keep``), then the full batch through the gathered, smaller weights; the new H is the EMA
-of the batch's squared activations on the kept channels only. ``STATIC`` blocks gather a
-fixed index set (with an optional output bias: FLAP's compensation); ``DENSE`` blocks run
-whole. No data-dependent shapes and no control flow depend on tensor values, so
-``torch.onnx.export`` gives a statically shaped graph (TopK with constant K, Gather, MatMul).
+``GatedBlock`` (``GatedAttention`` / ``GatedMLP``) computes one residual branch of an HF
+decoder layer and, with a ``DYNAMIC`` gate, Probe Pruning (docs/algorithms.md §2): probe
+selection on the residual entering the block, the probe through the block's own
+projections, fusion with H, PPsp scores, ``topk(score, keep)`` (a constant ``keep``), then
+the full batch through the gathered, smaller weights; the new H is the EMA of the batch's
+squared activations on the kept channels only. ``STATIC`` blocks gather a fixed index set
+(with an optional output bias: FLAP's compensation); ``DENSE`` blocks run whole. No
+data-dependent shapes and no control flow depend on tensor values, so ``torch.onnx.export``
+gives a statically shaped graph (TopK with constant K, Gather, MatMul).
+
+Family differences are not re-implemented here: they are the HF modules themselves (copied
+by ``frozen``) or numbers read from them. The block's pre-norm and, where the layer has one
+(Gemma), its post-norm; the MLP's own ``act_fn``; the attention's ``scaling`` (Gemma's
+``query_pre_attn_scalar``), its per-head-dim ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3:
+applied to kept heads alone, since they act within a head) and its logit soft-capping
+(Gemma 2's ``attn_logit_softcapping``); rotary tables come in per call (``forward``'s
+``rope``), computed from the model's own rotary module. Only the projections are copied as
+plain matrices, because they are what gets gathered.
 
 Attention under GQA: query head h reads KV head ``h // group`` (local numbering after any
 static plan); pruning drops query heads only (q rows + o_proj columns), k/v stay whole.
-``kept`` lists the kept indices (topk order) of every dynamic block, for exactness checks.
 Biases come from the modules themselves (``linear.bias is not None``), never from config
 keys: q/k/v biases (Qwen2; Llama with ``attention_bias``) and MLP gate/up biases (Llama with
 ``mlp_bias``) are gathered with their weight rows; o_proj / down_proj biases are output
 biases added whole, like FLAP's compensation (skipping a unit removes its column, not the
-bias), so a gated block equals the HF block whose skipped columns are zeroed.
+bias), so a gated block equals the HF block whose skipped columns are zeroed (a post-norm
+applies to the whole output, bias included, as in HF).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -39,14 +49,30 @@ class ProbeSettings:
     token_frac: Fraction
     sample_frac: Fraction
     momentum: float
-    eps: float  # RMSNorm epsilon
     head_dim: int
     probe_free: bool = False  # benchmark variant: scores from H alone (no probe), same TopK
     compensate: bool = False  # skipped units contribute the probe's mean activation
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+def frozen(module: nn.Module) -> nn.Module:
+    """A deep copy of an HF module whose parameters are buffers: the gated model holds
+    constants (no gradients), and ``buffers()`` lists every weight an export writes."""
+    held = copy.deepcopy(module)
+    for sub in held.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, param.detach())
+    return held
+
+
+def optional_frozen(module: nn.Module | None) -> nn.Module | None:
+    """``frozen(module)``, or None for None."""
+    return None if module is None else frozen(module)
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma's soft-capping ``cap * tanh(x / cap)`` (``x`` itself when ``cap`` is None)."""
+    return x if cap is None else torch.tanh(x / cap) * cap
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -56,12 +82,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of ``q/k/v [B, H, T, d]`` with a causal mask -> ``[B, T, H*d]``."""
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+                     cap: float | None) -> torch.Tensor:
+    """Softmax attention of ``q/k/v [B, H, T, d]`` with a causal mask -> ``[B, T, H*d]``;
+    logits scaled by ``scaling``, then soft-capped at ``cap`` (None: not capped)."""
     t = q.shape[2]
     pos = torch.arange(t, device=q.device)
     masked = pos.unsqueeze(0) > pos.unsqueeze(1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    scores = soft_cap(torch.matmul(q, k.transpose(-1, -2)) * scaling, cap)
     scores = scores.masked_fill(masked, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), v)
     return out.transpose(1, 2).reshape(q.shape[0], t, -1)
@@ -107,21 +135,31 @@ def select_probe(h: torch.Tensor, s: ProbeSettings) -> tuple[torch.Tensor, torch
     return pos, smp
 
 
-class GatedBlock(nn.Module):
-    """Shared plumbing of the attention and MLP blocks: norm, gate, static index, bias."""
+@dataclass(frozen=True)
+class Norms:
+    """The HF norm modules around a block: ``pre`` on the residual entering it, ``post`` on
+    its output before the residual add (Gemma's sandwich norms; None elsewhere)."""
 
-    norm: torch.Tensor
+    pre: nn.Module
+    post: nn.Module | None = None
+
+
+class GatedBlock(nn.Module):
+    """Shared plumbing of the attention and MLP blocks: norms, gate, static index, bias."""
+
     static_idx: torch.Tensor | None
     bias: torch.Tensor | None
+    rope_kind = 0  # which rotary tables the block reads (attention only)
 
-    def __init__(self, norm: torch.Tensor, gate: BlockGate, settings: ProbeSettings,
+    def __init__(self, norms: Norms, gate: BlockGate, settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None,
                  own_bias: torch.Tensor | None) -> None:
         """``static``: (kept indices, FLAP bias or None) of a STATIC gate; ``own_bias``: the
         output projection's own bias; the two add into one output bias."""
         super().__init__()
         self.gate, self.settings = gate, settings
-        self.register_buffer("norm", norm.detach().clone())
+        self.norm = frozen(norms.pre)
+        self.post_norm = optional_frozen(norms.post)
         idx, bias = static if static is not None else (None, None)
         self.register_buffer("static_idx", idx)
         self.register_buffer("bias", output_bias(own_bias, bias))
@@ -129,6 +167,11 @@ class GatedBlock(nn.Module):
     @property
     def dynamic(self) -> bool:
         return self.gate.kind is GateKind.DYNAMIC
+
+    def normed(self, h: torch.Tensor) -> torch.Tensor:
+        """The block's input: its pre-norm (the HF module) of the residual ``h``."""
+        x: torch.Tensor = self.norm(h)
+        return x
 
     def choose(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                hist: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -152,8 +195,7 @@ class GatedBlock(nn.Module):
             act, hsel = self.activation(x, rope, None), hist[:, :x.shape[1]]
         else:
             pos, smp = select_probe(h, self.settings)
-            p = rms_norm(h.index_select(0, smp).index_select(1, pos), self.norm,
-                         self.settings.eps)
+            p = self.normed(h.index_select(0, smp).index_select(1, pos))
             cos, sin = rope
             act = self.activation(p, (cos.index_select(0, pos), sin.index_select(0, pos)), None)
             hsel = hist.index_select(1, pos)
@@ -167,7 +209,7 @@ class GatedBlock(nn.Module):
 
         Compensation: ``W[:, skipped] @ m[skipped]`` is added for the probe mean ``m``,
         computed as ``(act - m[kept]) @ W_kept + W @ m`` (one matrix-vector product more)."""
-        x = rms_norm(h, self.norm, self.settings.eps)
+        x = self.normed(h)
         idx, mean = self.choose(h, x, rope, hist)
         act = self.activation(x, rope, idx)
         out = self.output(act, idx, mean)
@@ -179,13 +221,17 @@ class GatedBlock(nn.Module):
     def output(self, act: torch.Tensor, idx: torch.Tensor | None, mean: torch.Tensor | None
                ) -> torch.Tensor:
         """The block's output from the kept units' activation ``act`` (all units when ``idx``
-        is None), the compensation of the skipped ones and the output bias."""
+        is None), the compensation of the skipped ones, the output bias and the post-norm."""
         if mean is not None and idx is not None:
             out = self.project(act - mean.index_select(0, self.columns(idx)), idx)
             out = out + self.project(mean, None)
         else:
             out = self.project(act, idx)
-        return out if self.bias is None else out + self.bias
+        out = out if self.bias is None else out + self.bias
+        if self.post_norm is None:
+            return out
+        normed: torch.Tensor = self.post_norm(out)
+        return normed
 
     def activation(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                    idx: torch.Tensor | None) -> torch.Tensor:
@@ -202,17 +248,18 @@ class GatedBlock(nn.Module):
 
 
 class GatedMLP(GatedBlock):
-    """SwiGLU MLP; unit = intermediate channel k (gate/up row k, down column k)."""
+    """Gated MLP ``act_fn(gate) * up`` (the module's own ``act_fn``: SiLU, Gemma's
+    GELU-tanh); unit = intermediate channel k (gate/up row k, down column k)."""
 
     w_gate_up: torch.Tensor
     b_gate_up: torch.Tensor | None
     w_down_t: torch.Tensor
     down_pow4: torch.Tensor
 
-    def __init__(self, mlp: Any, norm: torch.Tensor, gate: BlockGate,
-                 settings: ProbeSettings,
+    def __init__(self, mlp: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
-        super().__init__(norm, gate, settings, static, linear_bias(mlp.down_proj))
+        super().__init__(norms, gate, settings, static, linear_bias(mlp.down_proj))
+        self.act_fn = frozen(mlp.act_fn)
         down = mlp.down_proj.weight.detach()
         # gate and up rows side by side: one Gather (axis 1) and one MatMul for both
         self.register_buffer("w_gate_up", torch.stack([mlp.gate_proj.weight.detach(),
@@ -228,7 +275,8 @@ class GatedMLP(GatedBlock):
             w = w.index_select(1, idx)
             b = None if b is None else b.index_select(1, idx)
         gate, up = project_in(x, w.reshape(-1, w.shape[-1]), b).chunk(2, dim=-1)
-        return torch.nn.functional.silu(gate) * up
+        act: torch.Tensor = self.act_fn(gate) * up
+        return act
 
     def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         wd = self.w_down_t if idx is None else self.w_down_t.index_select(0, idx)
@@ -251,7 +299,9 @@ def _stacked_bias(gate_proj: Any, up_proj: Any) -> torch.Tensor | None:
 
 
 class GatedAttention(GatedBlock):
-    """GQA attention; unit = query head h (q rows and o_proj columns h*d .. h*d+d-1)."""
+    """GQA attention; unit = query head h (q rows and o_proj columns h*d .. h*d+d-1).
+    ``rope_kind`` indexes the rotary tables the model passes (Gemma 3's sliding layers
+    rotate with their own base)."""
 
     w_q: torch.Tensor
     w_k: torch.Tensor
@@ -264,10 +314,14 @@ class GatedAttention(GatedBlock):
     kv_map: torch.Tensor
     head_offsets: torch.Tensor
 
-    def __init__(self, attn: Any, norm: torch.Tensor, gate: BlockGate,
-                 settings: ProbeSettings,
-                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
-        super().__init__(norm, gate, settings, static, linear_bias(attn.o_proj))
+    def __init__(self, attn: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
+                 static: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                 rope_kind: int = 0) -> None:
+        super().__init__(norms, gate, settings, static, linear_bias(attn.o_proj))
+        self.rope_kind, self.scaling = rope_kind, float(attn.scaling)
+        self.softcap = getattr(attn, "attn_logit_softcapping", None)
+        self.q_norm = optional_frozen(getattr(attn, "q_norm", None))
+        self.k_norm = optional_frozen(getattr(attn, "k_norm", None))
         d = settings.head_dim
         q, o = attn.q_proj.weight.detach(), attn.o_proj.weight.detach()
         n_heads, n_kv = q.shape[0] // d, attn.k_proj.weight.shape[0] // d
@@ -291,12 +345,13 @@ class GatedAttention(GatedBlock):
         if idx is not None:
             wq, kv_map = wq.index_select(0, idx), kv_map.index_select(0, idx)
             bq = None if bq is None else bq.index_select(0, idx)
-        q = project_in(x, wq.reshape(-1, hidden), bq).view(b, t, -1, d).transpose(1, 2)
-        k = project_in(x, self.w_k, self.b_k).view(b, t, -1, d).transpose(1, 2)
+        q = _head_norm(self.q_norm, project_in(x, wq.reshape(-1, hidden), bq).view(b, t, -1, d))
+        k = _head_norm(self.k_norm, project_in(x, self.w_k, self.b_k).view(b, t, -1, d))
         v = project_in(x, self.w_v, self.b_v).view(b, t, -1, d).transpose(1, 2)
         cos, sin = rope
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        return causal_attention(q, k.index_select(1, kv_map), v.index_select(1, kv_map))
+        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+        return causal_attention(q, k.index_select(1, kv_map), v.index_select(1, kv_map),
+                                self.scaling, self.softcap)
 
     def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         wo = self.w_o_t if idx is None else self.w_o_t.index_select(0, idx)
@@ -308,3 +363,11 @@ class GatedAttention(GatedBlock):
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         d = self.settings.head_dim
         return (idx.unsqueeze(1) * d + self.head_offsets.unsqueeze(0)).reshape(-1)
+
+
+def _head_norm(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """A per-head-dim norm (``q_norm`` / ``k_norm``) on ``x [B, T, heads, d]``, or ``x``."""
+    if norm is None:
+        return x
+    normed: torch.Tensor = norm(x)
+    return normed

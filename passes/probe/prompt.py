@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
+from prunec.passes.probe.forward import GatedModel, build_gated, initial_state
 from prunec.passes.probe.history import History
 from prunec.passes.probe.layout import GateKind
-from prunec.passes.probe.llama import GatedLlama, build_gated, initial_state
-from prunec.passes.probe.model import GatedBlock, rms_norm
+from prunec.passes.probe.model import GatedBlock
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -53,7 +53,7 @@ def choose_per_sequence(block: GatedBlock, h: torch.Tensor, x: torch.Tensor, rop
     return torch.stack(masks), torch.stack(fills), torch.stack(kept)
 
 
-def prompt_forward(gated: GatedLlama, ids: torch.Tensor, prompt_len: int,
+def prompt_forward(gated: GatedModel, ids: torch.Tensor, prompt_len: int,
                    histories: list[torch.Tensor], score_len: int | None = None
                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(logits ``[B, T, V]``, kept units ``[B, keep]`` per dynamic block in
@@ -61,14 +61,14 @@ def prompt_forward(gated: GatedLlama, ids: torch.Tensor, prompt_len: int,
     (default: the prompt)."""
     t = ids.shape[1]
     n = score_len or prompt_len
-    h = torch.nn.functional.embedding(ids, gated.embed)
+    h = gated.embed_ids(ids)
     rope = (gated.cos[:t], gated.sin[:t])
     decode = (torch.arange(t) >= prompt_len).view(1, t, 1)
     kept: list[torch.Tensor] = []
     for block in gated.block_list():
         if block.gate.kind is GateKind.STATIC:
             raise ValueError("mode = prompt scores with ppsp; static metrics have no prompt")
-        x = rms_norm(h, block.norm, gated.eps)
+        x = block.normed(h)
         act = block.activation(x, rope, None)
         if block.dynamic:
             mask, fill, idx = choose_per_sequence(

@@ -1,6 +1,6 @@
 """The three exportable graphs of a ``probe { mode = prompt }`` artifact, as torch modules.
 
-Hand-written for the Llama family (on ``GatedLlama``'s copied weights, like the per-batch
+Hand-written for the Llama family (on ``GatedModel``'s copied weights, like the per-batch
 gated forward; gating as graph passes is issue 13 item 4). Every graph is batched, with
 per-sequence kept sets, static shapes in the pruned dims (TopK with constant K, Gather,
 MatMul) and no control flow:
@@ -34,13 +34,12 @@ from torch import nn
 
 from prunec.compiler.budget import ceil_count
 from prunec.passes.probe import maths
-from prunec.passes.probe.llama import GatedLlama
+from prunec.passes.probe.forward import GatedModel
 from prunec.passes.probe.model import (
     GatedAttention,
     GatedBlock,
     GatedMLP,
     project_in,
-    rms_norm,
     rotate,
 )
 
@@ -97,13 +96,12 @@ def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
     return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
 
 
-def choose(g: GatedLlama, block: GatedBlock, h: Tensor, hist_t: Tensor
+def choose(g: GatedModel, block: GatedBlock, h: Tensor, hist_t: Tensor
            ) -> tuple[Tensor, Tensor | None]:
     """(kept units ``[B, keep]`` ascending, probe-mean activation ``[B, C]`` or None): each
     sequence's own probe of its prompt ``h [B, T, D]``, PPsp fused with ``hist_t``."""
     pos = probe_positions(h, block)
-    p = rms_norm(torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])),
-                 block.norm, g.eps)
+    p = block.normed(torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
     if isinstance(block, GatedAttention):
         rope = (g.cos[pos].unsqueeze(1), g.sin[pos].unsqueeze(1))
         act = full_attention(block, p, rope, None)[0]
@@ -119,7 +117,7 @@ class PromptPrefill(nn.Module):
     """``input_ids [B, T] -> (logits, keys/values per attention block, kept per dynamic
     block, probe means per dynamic block when compensating)``."""
 
-    def __init__(self, gated: GatedLlama, histories: list[Tensor]) -> None:
+    def __init__(self, gated: GatedModel, histories: list[Tensor]) -> None:
         super().__init__()
         self.gated = gated
         for j, hist in enumerate(histories):  # [C, max_len] -> position-major [max_len, C]
@@ -127,13 +125,13 @@ class PromptPrefill(nn.Module):
 
     def forward(self, input_ids: Tensor) -> tuple[Tensor, ...]:
         g, t = self.gated, input_ids.shape[1]
-        h = torch.nn.functional.embedding(input_ids, g.embed)
+        h = g.embed_ids(input_ids)
         rope = (g.cos[:t], g.sin[:t])
         cache: list[Tensor] = []
         kept: list[Tensor] = []
         means: list[Tensor] = []
         for block in g.block_list():
-            x = rms_norm(h, block.norm, g.eps)
+            x = block.normed(h)
             if isinstance(block, GatedAttention):
                 act, k, v = full_attention(block, x, rope, None)
                 cache += [k, v]
@@ -195,7 +193,7 @@ class PromptGather(nn.Module):
     """``(kept per dynamic block, means when compensating) -> gathered tensors`` in block
     order, ``weight_names`` order within a block."""
 
-    def __init__(self, gated: GatedLlama) -> None:
+    def __init__(self, gated: GatedModel) -> None:
         super().__init__()
         self.gated = gated
 
@@ -211,18 +209,18 @@ class PromptDecode(nn.Module):
     """``(input_ids, position_ids [B, S], pasts (key, value per attention block), gathered
     tensors) -> (logits [B, S, V], presents)``."""
 
-    def __init__(self, gated: GatedLlama) -> None:
+    def __init__(self, gated: GatedModel) -> None:
         super().__init__()
         self.gated = gated
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, pasts: list[Tensor],
                 weights: list[Tensor]) -> tuple[Tensor, ...]:
         g = self.gated
-        h = torch.nn.functional.embedding(input_ids, g.embed)
+        h = g.embed_ids(input_ids)
         rope = (g.cos[position_ids].unsqueeze(1), g.sin[position_ids].unsqueeze(1))
         presents: list[Tensor] = []
         for block in g.block_list():
-            x = rms_norm(h, block.norm, g.eps)
+            x = block.normed(h)
             if not block.dynamic:
                 h = h + self._dense(block, x, rope, pasts, presents)
                 continue

@@ -27,5 +27,6 @@ def test_supported_families_are_the_table_rows() -> None:
 def test_matrix_has_a_row_per_family_and_says_no() -> None:
     rows = support_matrix().splitlines()[2:]
     assert len(rows) == len(FAMILIES)
-    qwen3 = next(r for r in rows if "`qwen3`" in r)
-    assert qwen3.split(" | ")[4] == "no", "qwen3 has no probe path"
+    qwen3, phi3 = (next(r for r in rows if f"`{n}`" in r) for n in ("qwen3", "phi3"))
+    assert qwen3.split(" | ")[4:6] == ["yes", "no"], "qwen3: probe, no prompt mode"
+    assert phi3.split(" | ")[4] == "no", "phi3 has no probe path"

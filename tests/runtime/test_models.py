@@ -133,9 +133,9 @@ def test_gguf_cache_reused_and_corruption_detected(
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert not cache_entry_valid(target, gguf)
-    with pytest.raises(CompileError) as exc:  # rebuilding fails: the file is not a GGUF
+    with pytest.raises(CompileError) as exc:  # no rebuild: the header fails check's rules
         load_model(decl(ModelSource.GGUF, str(gguf)), Path("/"))
-    assert error(exc)[0] == "P0301" and "Tiny.gguf" in error(exc)[1]
+    assert error(exc)[0] == "P0303" and "Tiny.gguf" in error(exc)[1]
     assert target.exists() and not any(p.name.startswith(".") for p in target.parent.iterdir())
 
 

@@ -1,4 +1,4 @@
-"""Gated models with projection biases against HF's own modules (not against ``GatedLlama``).
+"""Gated models with projection biases against HF's own modules (not against ``GatedModel``).
 
 Tiny random HF models: a plain Llama, a Llama with ``attention_bias`` (q/k/v and o_proj
 biases), one with ``mlp_bias`` as well (gate/up/down biases), a Qwen2 (q/k/v biases, no
