@@ -421,8 +421,9 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
 
 def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
     """What the gated forward cannot express (decided from config.json): a family whose
-    support-table row says no to probe (or to prompt mode), a prompt-mode MLP activation
-    other than SiLU, or an attention window narrower than the graph's ``max_len``."""
+    support-table row says no to probe (or to prompt mode), or an attention window narrower
+    than the graph's ``max_len``. Activations are no reason: both paths run the MLP's own
+    ``act_fn``."""
     p, shape, export = ctx.spec.probe, ctx.shape, ctx.spec.onnx_export()
     if p is None or shape is None:
         return
@@ -446,9 +447,6 @@ def _probe_family(p: ProbePolicy, shape: ModelShape) -> Iterator[Diagnostic]:
         yield _err("P0226", f"mode = prompt is not built for {shape.architecture} models "
                    "(see the README's supported models)", p.span,
                    "use mode = probe (per batch) or a static method")
-    elif prompt and shape.mlp_act != "silu":
-        yield _err("P0226", f"mode = prompt needs a SiLU MLP; this model's is "
-                   f"{shape.mlp_act}", p.span, "use mode = probe (per batch) instead")
 
 
 # ------------------------------------------------------------------ exports, gates

@@ -70,7 +70,7 @@ CODES: dict[str, str] = {
     "P0223": "the spec's name is not a plain name (it names the output directory)",
     "P0224": "an export name is not a plain name inside the artifact, or is the artifact's own",
     "P0225": "a dataset's seq_len is longer than the gated graph's max_len",
-    "P0226": "the model (family, MLP or attention) is one probe gating or its mode cannot express",
+    "P0226": "the model (family or attention window) is one probe gating or its mode cannot express",
     "P0228": "least-squares reconstruction with damp = 0 has fewer calibration tokens than kept inputs",
     "P0229": "a half model dtype (float16, bfloat16) on device = cpu: half dtypes need a CUDA device",
     "P0230": "probe mode = prompt with a static metric (prompt mode scores with ppsp)",

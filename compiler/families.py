@@ -9,15 +9,16 @@ README's "Supported models" matrix, which is ``support_matrix()`` verbatim
 
 Columns: ``static`` (the search / one-shot methods), ``manual`` (``plan { ... }``),
 ``probe`` (per-batch gating, ``passes/probe/forward.py``: every family difference read from
-the HF modules), ``prompt`` (``probe { mode = prompt }``, whose graphs
-``passes/probe/prompt_graph.py`` writes for the Llama family only), ``fuse`` (onnxruntime
+the HF modules), ``prompt`` (``probe { mode = prompt }``: its graphs,
+``passes/probe/prompt_graph.py``, run on the same gated blocks), ``fuse`` (onnxruntime
 fused kernels, ``fuse = on``) and ``kv_cache`` (the cached export, ``prunec generate``,
 onnxruntime-genai). A family is in
 the table only when every static stage (capture, analysis, width and block passes, ONNX
 export) is tested on a tiny model built from its own transformers config class
 (``tests/passes/families/``; Llama in ``tests/runtime/test_export_*.py``); the probe
-column on tiny models of those families against transformers' own modules
-(``tests/passes/probe/test_probe_families.py``); a ``False`` column is rejected by
+and prompt columns on tiny models of those families against transformers' own modules
+(``tests/passes/probe/test_probe_families.py``, ``test_prompt_families.py``); a ``False``
+column is rejected by
 ``prunec check`` (probe, prompt: P0226).
 """
 
@@ -39,24 +40,22 @@ class Family:
     note: str = ""
 
 
-_NO_PROMPT = "prompt mode: its graphs are written for the Llama family"
 FAMILIES = (
     Family("llama", "Llama, SmolLM2"),
     Family("mistral", "Mistral"),
     Family("qwen2", "Qwen2 / Qwen2.5"),
-    Family("qwen3", "Qwen3", prompt=False,
-           note=f"per-head q_norm/k_norm stay with kept heads; {_NO_PROMPT}"),
+    Family("qwen3", "Qwen3", note="per-head q_norm/k_norm stay with kept heads"),
     Family("phi3", "Phi-3, Phi-4-mini", probe=False, prompt=False,
            note="fused qkv_proj / gate_up_proj split into separate MatMuls at capture; "
                 "partial rotary; probe: the gated path gathers rows of separate q and "
                 "gate/up projections"),
-    Family("gemma2", "Gemma 2", prompt=False,
+    Family("gemma2", "Gemma 2",
            note="GELU-tanh MLP, (1 + w) norms, post-block norms, soft-capping, sliding "
-                "window (the cache keeps the whole past; probe: no narrower than max_len); "
-                f"{_NO_PROMPT}"),
-    Family("gemma3_text", "Gemma 3 (text)", prompt=False,
+                "window (the cache keeps the whole past; probe and prompt mode: no narrower "
+                "than max_len)"),
+    Family("gemma3_text", "Gemma 3 (text)",
            note="as Gemma 2 with q_norm/k_norm instead of soft-capping, local and global "
-                f"rope; {_NO_PROMPT}"),
+                "rope"),
 )
 COLUMNS = ("static", "manual", "probe", "prompt", "fuse", "kv_cache")
 HEADERS = ("static methods", "manual plan", "probe", "prompt mode", "fused export",

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from prunec.compiler.diagnostics import user_error
-from prunec.compiler.families import family
 from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
 
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero"})
@@ -198,8 +197,6 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     if policy.mode is ProbeMode.PROMPT:  # its own three graphs: runtime.prompt_mode
         from prunec.runtime.prompt_mode import export_prompt_onnx
 
-        if not family(shape.architecture).prompt:  # `prunec check` says so (P0226)
-            raise ValueError(f"mode = prompt graphs are not built for {shape.architecture}")
         manifest = export_prompt_onnx(model, shape, policy, history, path, opset)
         return GatedExportInfo(str(path), "", str(path.with_suffix(".gating.json")), (), (),
                                (), manifest["keep"], history.max_len, opset)

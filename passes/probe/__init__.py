@@ -5,7 +5,8 @@ Pipeline of this package: ``layout`` (which blocks are gated and how many units 
 PPsp, TopK, gathered weights, EMA of H) -> ``forward`` (the whole gated forward of any
 supported family, from the HF modules, and the eager runner) -> ``prompt`` (``mode =
 prompt``: kept sets scored once per sequence from its prompt, fixed for its decode) ->
-``prompt_graph`` (its prefill, gather and decode as exportable modules; Llama family). ``maths`` holds the formulas; ``static`` the wanda-sp / flap baselines.
+``prompt_graph`` (its prefill, gather and decode as exportable modules, on the same gated
+blocks). ``maths`` holds the formulas; ``static`` the wanda-sp / flap baselines.
 Entry points for the build driver: ``calibrate_history`` and (in prunec.runtime.gated)
 ``export_gated_onnx``.
 """

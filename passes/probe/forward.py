@@ -89,6 +89,12 @@ class GatedModel(nn.Module):
         return [(getattr(self, f"cos{k or ''}")[:t], getattr(self, f"sin{k or ''}")[:t])
                 for k in range(self.n_ropes)]
 
+    def rope_table(self, kind: int) -> Rope:
+        """The whole cos/sin ``[max_len, head_dim]`` tables of rope kind ``kind``."""
+        cos, sin = getattr(self, f"cos{kind or ''}"), getattr(self, f"sin{kind or ''}")
+        assert isinstance(cos, torch.Tensor) and isinstance(sin, torch.Tensor)
+        return cos, sin
+
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The model's own embedding module (Gemma's scales by sqrt(hidden))."""
         h: torch.Tensor = self.embed_tokens(input_ids)

@@ -82,6 +82,13 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
+def attention_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, cap: float | None
+                     ) -> torch.Tensor:
+    """Attention logits of ``q/k [B, H, T, d]`` scaled by ``scaling``, then soft-capped at
+    ``cap`` (None: not capped), before any mask."""
+    return soft_cap(torch.matmul(q, k.transpose(-1, -2)) * scaling, cap)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
                      cap: float | None) -> torch.Tensor:
     """Softmax attention of ``q/k/v [B, H, T, d]`` with a causal mask -> ``[B, T, H*d]``;
@@ -89,8 +96,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling:
     t = q.shape[2]
     pos = torch.arange(t, device=q.device)
     masked = pos.unsqueeze(0) > pos.unsqueeze(1)
-    scores = soft_cap(torch.matmul(q, k.transpose(-1, -2)) * scaling, cap)
-    scores = scores.masked_fill(masked, float("-inf"))
+    scores = attention_scores(q, k, scaling, cap).masked_fill(masked, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), v)
     return out.transpose(1, 2).reshape(q.shape[0], t, -1)
 
@@ -227,7 +233,10 @@ class GatedBlock(nn.Module):
             out = out + self.project(mean, None)
         else:
             out = self.project(act, idx)
-        out = out if self.bias is None else out + self.bias
+        return self.post_normed(out if self.bias is None else out + self.bias)
+
+    def post_normed(self, out: torch.Tensor) -> torch.Tensor:
+        """The block's post-norm (Gemma's, the HF module) of its output, else ``out``."""
         if self.post_norm is None:
             return out
         normed: torch.Tensor = self.post_norm(out)
@@ -352,6 +361,14 @@ class GatedAttention(GatedBlock):
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
         return causal_attention(q, k.index_select(1, kv_map), v.index_select(1, kv_map),
                                 self.scaling, self.softcap)
+
+    def head_norms(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q_norm`` / ``k_norm`` (where the module has them) on ``[B, T, heads, d]``."""
+        return _head_norm(self.q_norm, q), _head_norm(self.k_norm, k)
+
+    def attention_logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``attention_scores`` with the module's ``scaling`` and soft-cap (Gemma 2)."""
+        return attention_scores(q, k, self.scaling, self.softcap)
 
     def project(self, act: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         wo = self.w_o_t if idx is None else self.w_o_t.index_select(0, idx)

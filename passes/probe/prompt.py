@@ -15,7 +15,7 @@ kept units only, attending to the prompt's keys/values from the dense prefill; w
 causal pass, and it is exact: a position's residual depends on positions at or before it
 only, so prompt positions (all units) equal the dense prefill, and decode positions (the
 skipped units' activations replaced by 0, or by the probe mean when compensating: for a
-SwiGLU channel or an attention head the same as gathering the kept weights) equal decode
+gated-MLP channel or an attention head the same as gathering the kept weights) equal decode
 steps with the cache. Kept sets differ per sequence, so they are masks ``[B, C]`` here, not
 gathers. ``oracle`` (benchmarks only) scores on the whole sequence with full-batch probing:
 an upper bound no deployment can run (it reads the continuation).
@@ -62,13 +62,13 @@ def prompt_forward(gated: GatedModel, ids: torch.Tensor, prompt_len: int,
     t = ids.shape[1]
     n = score_len or prompt_len
     h = gated.embed_ids(ids)
-    rope = (gated.cos[:t], gated.sin[:t])
+    ropes = gated.ropes(t)
     decode = (torch.arange(t) >= prompt_len).view(1, t, 1)
     kept: list[torch.Tensor] = []
     for block in gated.block_list():
         if block.gate.kind is GateKind.STATIC:
             raise ValueError("mode = prompt scores with ppsp; static metrics have no prompt")
-        x = block.normed(h)
+        x, rope = block.normed(h), ropes[block.rope_kind]
         act = block.activation(x, rope, None)
         if block.dynamic:
             mask, fill, idx = choose_per_sequence(

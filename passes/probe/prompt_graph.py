@@ -1,7 +1,14 @@
 """The three exportable graphs of a ``probe { mode = prompt }`` artifact, as torch modules.
 
-Hand-written for the Llama family (on ``GatedModel``'s copied weights, like the per-batch
-gated forward; gating as graph passes is issue 13 item 4). Every graph is batched, with
+Built on ``GatedModel`` (``forward.build_gated``) for every family with probe support: the
+projections are its copied matrices, and every family difference is the block's own HF
+modules or numbers, as in the per-batch gated forward: pre- and post-norms
+(``GatedBlock.normed`` / ``post_normed``), the MLP's ``act_fn``, the attention's q/k norms,
+``scaling`` and soft-capping (``GatedAttention.head_norms`` / ``attention_logits``), the
+embedding module and the final norm / soft-cap (``GatedModel.embed_ids`` / ``head_logits``),
+and one rotary table per rope kind (``GatedModel.rope_table``, Gemma 3's local and global
+rope). Attention is full causal: a sliding window narrower than ``max_len`` is P0226.
+Every graph is batched, with
 per-sequence kept sets, static shapes in the pruned dims (TopK with constant K, Gather,
 MatMul) and no control flow:
 - ``PromptPrefill(input_ids [B, T])``: the dense model (logits are the dense model's) that
@@ -65,8 +72,9 @@ def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: 
     d = block.settings.head_dim
     cos, sin = rope
     q = x @ wq if bq is None else x @ wq + bq.unsqueeze(1)
-    q = rotate(q.view(b, s, -1, d).transpose(1, 2), cos, sin)
-    k = rotate(project_in(x, block.w_k, block.b_k).view(b, s, -1, d).transpose(1, 2), cos, sin)
+    q, k = block.head_norms(q.view(b, s, -1, d),
+                            project_in(x, block.w_k, block.b_k).view(b, s, -1, d))
+    q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
     v = project_in(x, block.w_v, block.b_v).view(b, s, -1, d).transpose(1, 2)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
@@ -75,8 +83,8 @@ def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: 
     total = k.shape[2]
     keys = torch.arange(total, device=x.device)
     queries = torch.arange(s, device=x.device) + (total - s)
-    scores = torch.matmul(q, kk.transpose(-1, -2)) * (d ** -0.5)
-    scores = scores.masked_fill(keys.unsqueeze(0) > queries.unsqueeze(1), float("-inf"))
+    masked = keys.unsqueeze(0) > queries.unsqueeze(1)
+    scores = block.attention_logits(q, kk).masked_fill(masked, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), vv)
     return out.transpose(1, 2).reshape(b, s, -1), k, v
 
@@ -87,6 +95,13 @@ def full_attention(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor]
     wq = block.w_q.reshape(-1, block.w_q.shape[-1]).t()
     bq = None if block.b_q is None else block.b_q.reshape(1, -1)
     return attend(block, x, rope, past, wq, bq, block.kv_map.expand(x.shape[0], -1))
+
+
+def rope_at(g: GatedModel, kind: int, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """cos/sin ``[B, 1, S, d]`` of rope table ``kind`` (a block's ``rope_kind``) at the
+    positions ``pos [B, S]``."""
+    cos, sin = g.rope_table(kind)
+    return cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)
 
 
 def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
@@ -103,10 +118,9 @@ def choose(g: GatedModel, block: GatedBlock, h: Tensor, hist_t: Tensor
     pos = probe_positions(h, block)
     p = block.normed(torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
     if isinstance(block, GatedAttention):
-        rope = (g.cos[pos].unsqueeze(1), g.sin[pos].unsqueeze(1))
-        act = full_attention(block, p, rope, None)[0]
+        act = full_attention(block, p, rope_at(g, block.rope_kind, pos), None)[0]
     else:
-        act = block.activation(p, (g.cos, g.sin), None)
+        act = block.activation(p, g.rope_table(0), None)
     s = maths.fuse(act.pow(2).transpose(1, 2), hist_t[pos].transpose(1, 2))
     kept = torch.topk(block.importance(s), block.gate.keep, dim=-1).indices
     mean = act.mean(1) if block.settings.compensate else None
@@ -126,17 +140,17 @@ class PromptPrefill(nn.Module):
     def forward(self, input_ids: Tensor) -> tuple[Tensor, ...]:
         g, t = self.gated, input_ids.shape[1]
         h = g.embed_ids(input_ids)
-        rope = (g.cos[:t], g.sin[:t])
+        ropes = g.ropes(t)
         cache: list[Tensor] = []
         kept: list[Tensor] = []
         means: list[Tensor] = []
         for block in g.block_list():
             x = block.normed(h)
             if isinstance(block, GatedAttention):
-                act, k, v = full_attention(block, x, rope, None)
+                act, k, v = full_attention(block, x, ropes[block.rope_kind], None)
                 cache += [k, v]
             else:
-                act = block.activation(x, rope, None)
+                act = block.activation(x, ropes[0], None)
             if block.dynamic:
                 idx, mean = choose(g, block, h, getattr(self, f"hist_{len(kept)}"))
                 kept.append(idx)
@@ -217,10 +231,10 @@ class PromptDecode(nn.Module):
                 weights: list[Tensor]) -> tuple[Tensor, ...]:
         g = self.gated
         h = g.embed_ids(input_ids)
-        rope = (g.cos[position_ids].unsqueeze(1), g.sin[position_ids].unsqueeze(1))
+        ropes = [rope_at(g, k, position_ids) for k in range(g.n_ropes)]
         presents: list[Tensor] = []
         for block in g.block_list():
-            x = block.normed(h)
+            x, rope = block.normed(h), ropes[block.rope_kind]
             if not block.dynamic:
                 h = h + self._dense(block, x, rope, pasts, presents)
                 continue
@@ -250,9 +264,10 @@ class PromptDecode(nn.Module):
             act, k, v = attend(block, x, rope, (pasts[i], pasts[i + 1]), w["q"],
                                w.get("q_bias"), w["kv_index"])
             presents += [k, v]
-            return act @ w["o"] + bias
+            return block.post_normed(act @ w["o"] + bias)
+        assert isinstance(block, GatedMLP)
         gu = x @ w["gate_up"]
         if "gate_up_bias" in w:
             gu = gu + w["gate_up_bias"].unsqueeze(1)
         gate, up = gu.chunk(2, dim=-1)
-        return (torch.nn.functional.silu(gate) * up) @ w["down"] + bias
+        return block.post_normed((block.act_fn(gate) * up) @ w["down"] + bias)

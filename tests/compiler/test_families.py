@@ -28,5 +28,5 @@ def test_matrix_has_a_row_per_family_and_says_no() -> None:
     rows = support_matrix().splitlines()[2:]
     assert len(rows) == len(FAMILIES)
     qwen3, phi3 = (next(r for r in rows if f"`{n}`" in r) for n in ("qwen3", "phi3"))
-    assert qwen3.split(" | ")[4:6] == ["yes", "no"], "qwen3: probe, no prompt mode"
+    assert qwen3.split(" | ")[4:6] == ["yes", "yes"], "qwen3: probe and prompt mode"
     assert phi3.split(" | ")[4] == "no", "phi3 has no probe path"

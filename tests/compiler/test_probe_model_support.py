@@ -1,7 +1,7 @@
 """P0226: what the gated forward cannot express is a ``prunec check`` error decided from
-config.json (a sliding window narrower than ``max_len``; prompt mode on other families or
-activations: ``tests/passes/families/test_family_probe.py``), not a build that ends in an
-internal error."""
+config.json (a sliding window narrower than ``max_len``; the families and activations
+either mode accepts: ``tests/passes/families/test_family_probe.py``), not a build that ends
+in an internal error."""
 
 from __future__ import annotations
 

@@ -1,0 +1,127 @@
+"""``probe { mode = prompt }`` on the families beyond Llama (Qwen3, Gemma 2, Gemma 3 text):
+the PyTorch reference (``PromptRunner``) against transformers' own modules, and the
+three-graph ONNX artifact against the reference.
+
+Models are ``test_probe_families.family_model``'s: each family's own transformers config
+class with q/k/v and o_proj biases and its features at a visible size (Qwen3's and Gemma 3's
+q_norm/k_norm, Gemma's scaled embedding, (1 + w) sandwich norms, GELU-tanh MLP,
+query_pre_attn_scalar, Gemma 2's attention and final soft-capping, Gemma 3's local and
+global rope), sliding windows wider than ``MAX_LEN``. Independent reference
+(``test_prompt_mode.hf_decode``): prefill logits are the HF model's; decode logits are HF
+decoding with the dense prefill's KV cache on a copy whose skipped units (the kept sets the
+runner chose for that sequence) have zero o_proj / down_proj columns. The ONNX prefill
+chooses the reference's kept sets, and its logits (teacher-forced, then 32 greedy decode
+steps through ``Generator`` and ``PromptSession``) agree within 1e-4 (``relative_error``).
+Gemma 3's artifact compensates skipped units (the probe mean folded into the output bias,
+inside the post-norm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_probe_families import MAX_LEN, family_model
+from test_prompt_mode import B, P, hf_decode, ids
+from torch import nn
+
+from prunec.compiler.families import family
+from prunec.compiler.ir import ProbeMode, ProbePolicy
+from prunec.passes.probe import PromptRunner, calibrate_history
+from prunec.passes.probe.history import History
+from prunec.passes.reference import relative_error, shape_of
+from prunec.runtime.gated import export_gated_onnx
+from prunec.runtime.generate import Generator, SamplingConfig
+from prunec.runtime.prompt_mode import PromptSession
+
+TOL = 1e-4
+PROMPT, STEPS = 8, 32  # PROMPT + STEPS == MAX_LEN: the rope tables' last row is used
+FAMILIES = ("qwen3", "gemma2", "gemma3_text")
+
+
+def _policy(make_policy: Any, compensate: bool = False) -> ProbePolicy:
+    policy: ProbePolicy = make_policy(0.4, ProbeMode.PROMPT, compensate=compensate)
+    return policy
+
+
+def _history(model: nn.Module, calib: torch.Tensor, policy: ProbePolicy) -> History:
+    return calibrate_history(model, shape_of(model), policy, calib, max_len=MAX_LEN)
+
+
+def _runner(model: nn.Module, calib: torch.Tensor, policy: ProbePolicy) -> PromptRunner:
+    return PromptRunner(model, shape_of(model), policy, _history(model, calib, policy))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_support_table_says_prompt_mode(name: str) -> None:
+    assert family(name).probe and family(name).prompt
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_prefill_is_hf_and_decode_is_hf_zeroed_with_the_cache(
+        name: str, calib_ids: torch.Tensor, make_policy: Any) -> None:
+    model = family_model(name)
+    run = _runner(model, calib_ids, _policy(make_policy))
+    batch = ids(1)
+    logits = run.run(batch, P)
+    with torch.no_grad():
+        dense = model(input_ids=batch, use_cache=False).logits
+    assert relative_error(logits[:, :P], dense[:, :P]) <= TOL
+    assert relative_error(logits[:, P:], dense[:, P:]) > 1e-2  # decode is pruned
+    names = run.gated.history_names
+    assert len(names) == 4  # heads and channels of layers 1 and 2
+    for s in range(B):
+        kept = {n: run.last_kept[i][s].tolist() for i, n in enumerate(names)}
+        assert relative_error(logits[s:s + 1, P:], hf_decode(model, batch[s:s + 1], kept)) <= TOL
+
+
+@pytest.fixture(scope="module", params=("qwen3", "gemma2", "gemma3_text"))
+def artifact(request: pytest.FixtureRequest, calib_ids: torch.Tensor, make_policy: Any,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PromptRunner]:
+    """(prefill graph path, reference runner) of a prompt-mode export."""
+    name = str(request.param)
+    model = family_model(name)
+    policy = _policy(make_policy, compensate=name == "gemma3_text")
+    hist = _history(model, calib_ids, policy)
+    path = tmp_path_factory.mktemp(name) / "model.onnx"
+    export_gated_onnx(model, shape_of(model), policy, hist, path)
+    return path, PromptRunner(model, shape_of(model), policy, hist)
+
+
+def test_onnx_prefill_chooses_the_reference_kept_sets(artifact: tuple[Path, PromptRunner]
+                                                      ) -> None:
+    path, run = artifact
+    session = PromptSession(path)
+    batch = ids(3, t=30)
+    want = run.run(batch, 12)
+    assert relative_error(torch.from_numpy(session.logits(batch.numpy(), 12)), want) <= TOL
+    _, state = session.prefill(batch[:, :12].numpy())
+    kept = state.kept[:len(run.last_kept)]  # then the probe means, when compensating
+    assert len(kept) == len(run.last_kept) == 4
+    for ref, got in zip(run.last_kept, kept):
+        assert np.array_equal(got.numpy(), np.sort(ref.numpy(), axis=-1))
+    assert any(not np.array_equal(k.numpy()[0], k.numpy()[1]) for k in kept)
+
+
+def test_onnx_decodes_the_reference_over_32_steps(artifact: tuple[Path, PromptRunner]) -> None:
+    """Greedy tokens through the generation API are the reference's argmax, teacher-forced
+    on the result; every step's logits (``PromptSession``, one token at a time) are its."""
+    path, run = artifact
+    gen = Generator(path)
+    gen.manifest = dataclasses.replace(gen.manifest, eos=())  # decode every step asked for
+    prompts = ids(4, b=2, t=PROMPT)
+    out = gen.generate(prompts.tolist(), SamplingConfig(max_new_tokens=STEPS))
+    seq = torch.cat([prompts, torch.tensor(out.tokens)], dim=1)
+    want = run.run(seq, PROMPT)[:, PROMPT - 1:PROMPT - 1 + STEPS]
+    assert torch.equal(want.argmax(-1), torch.tensor(out.tokens))
+    session = PromptSession(path)
+    first, state = session.prefill(prompts.numpy())
+    steps = [first[:, -1]]
+    for i in range(STEPS - 1):
+        pos = np.full((2, 1), PROMPT + i, dtype=np.int64)
+        steps.append(session.decode(seq[:, PROMPT + i:PROMPT + i + 1].numpy(), pos, state)[:, -1])
+    assert relative_error(torch.from_numpy(np.stack(steps, axis=1)), want) <= TOL
