@@ -22,9 +22,10 @@ graph's initializers plus, per sequence, the gathered weights (``w.*`` inputs, f
 manifest). Kept sets are per sequence, so one decode step at batch b reads b copies of the
 gathered weights: per step, bound = dense / (decode initializers + b x gathered).
 
-``matmul_us``: one SmolLM2-sized MatMul at batch 1 with the weight as an initializer, a
-plain input and a batched input (``matmul_us``), to tell whether the decode graph's batched
-form costs more than a per-batch plain one would.
+``matmul_chain``: a memory-bound chain of SmolLM2 MLP-sized MatMuls at batch 1 with the
+weights as initializers, plain inputs and batched inputs: what the decode graph's
+gathered-weights-as-inputs form costs per byte against the prepacked initializers of a
+static graph.
 
 Run: ``python bench/prompt_decode.py [--ratios 0.2,0.4,0.5] [--batches 1,4] [--prompt-len
 128] [--new-tokens 128] [--repeats 5] [--calib-samples 32] [--workdir DIR] [--out FILE]``;
@@ -137,44 +138,51 @@ def rows(samples: dict[tuple[str, int], list[tuple[float, float, list[int]]]],
     return out
 
 
-def matmul_us(d: int = 576, c: int = 1536, reps: int = 9, calls: int = 200) -> dict[str, float]:
-    """Median microseconds of one ``[1, d] x [d, c]`` MatMul on onnxruntime CPU with the
-    weight as an initializer (prepacked), as a plain input, and as a batched ``[1, d, c]``
-    input (the decode graph's form), interleaved: is the batched form slower at batch 1?"""
+def matmul_chain(d: int = 576, c: int = 1536, pairs: int = 40, reps: int = 9,
+                 calls: int = 5) -> dict[str, Any]:
+    """A chain of ``2 * pairs`` SmolLM2 MLP-sized MatMuls at batch 1 (``[1, d] x [d, c]``, then
+    ``[1, c] x [c, d]``; 283 MB of float32 weights at the defaults, more than the CPU's caches,
+    so each call streams every weight from memory as a decode step does) on onnxruntime CPU,
+    with the weights as initializers (prepacked at session creation), as plain inputs, and as
+    batched ``[1, ., .]`` inputs (the decode graph's form), interleaved. Median ms per chain
+    and GB/s of weights read: what feeding gathered weights as inputs costs per byte."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((d, c)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    ws = [(rng.standard_normal((d, c) if i % 2 == 0 else (c, d)) * 0.03).astype(np.float32)
+          for i in range(2 * pairs)]
 
     def session(kind: str) -> tuple[Any, dict[str, Any]]:
-        x_shape, w_shape = ([1, 1, d], [1, d, c]) if kind == "batched" else ([1, d], [d, c])
-        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
-        inits = [numpy_helper.from_array(w, "w")] if kind == "initializer" else []
-        if not inits:
-            inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, w_shape))
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], kind, inputs,
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                                  inits)
+        lead = [1] if kind == "batched" else []
+        inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, d])]
+        inits, nodes, feeds = [], [], {"x0": np.ones((1, d), np.float32)}
+        for i, w in enumerate(ws):
+            nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"x{i + 1}"]))
+            if kind == "initializer":
+                inits.append(numpy_helper.from_array(w, f"w{i}"))
+                continue
+            inputs.append(helper.make_tensor_value_info(f"w{i}", TensorProto.FLOAT,
+                                                        [*lead, *w.shape]))
+            feeds[f"w{i}"] = w.reshape(*lead, *w.shape)
+        out = helper.make_tensor_value_info(f"x{len(ws)}", TensorProto.FLOAT, None)
+        graph = helper.make_graph(nodes, kind, inputs, [out], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {"x": np.ones(x_shape, np.float32)} | ({} if inits else {"w": w.reshape(w_shape)})
         return sess, {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
 
     runs = {k: session(k) for k in ("initializer", "input", "batched")}
-    for sess, feeds in runs.values():  # warm-up: first-run allocations
-        sess.run(None, {k: v.numpy() for k, v in feeds.items()})
     times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(reps):
+    for rep in range(reps + 1):  # the first round is a warm-up
         for kind, (sess, feeds) in runs.items():
-            io = sess.io_binding()
-            for name, value in feeds.items():
-                io.bind_ortvalue_input(name, value)
-            io.bind_output("y")
             start = time.perf_counter()
             for _ in range(calls):
-                sess.run_with_iobinding(io)
-            times[kind].append((time.perf_counter() - start) / calls * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
+                sess.run_with_ort_values(None, feeds)
+            if rep:
+                times[kind].append((time.perf_counter() - start) / calls * 1e3)
+    total = sum(w.nbytes for w in ws)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    return {"weight_bytes": total, "ms": ms, "gb_s": {k: total / v / 1e6 for k, v in ms.items()}}
 
 
 def run(s: Settings, workdir: Path) -> dict[str, Any]:
@@ -192,7 +200,7 @@ def run(s: Settings, workdir: Path) -> dict[str, Any]:
     return {"benchmark": "prompt_decode", "model": "SmolLM2-135M-Instruct",
             "settings": asdict(s), "machine": run_on.entry(), "onnx_bytes": files,
             "timing_s": time.perf_counter() - start, "rows": rows(samples, paths),
-            "matmul_us": matmul_us()}
+            "matmul_chain": matmul_chain()}
 
 
 def numbers(text: str, kind: type) -> tuple[Any, ...]:

@@ -205,6 +205,12 @@ class GatedBlock(nn.Module):
             cos, sin = rope
             act = self.activation(p, (cos.index_select(0, pos), sin.index_select(0, pos)), None)
             hsel = hist.index_select(1, pos)
+        return self.scored(act, hsel)
+
+    def scored(self, act: torch.Tensor, hsel: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """PPsp scores of the probe's activations ``act [b, n, C]`` fused with H at its
+        positions ``hsel [C, n]``, and (compensating policies) their mean per column."""
         mean = act.mean(dim=(0, 1)) if self.settings.compensate else None
         return self.importance(maths.fuse(act.pow(2).mean(0).t(), hsel)), mean
 

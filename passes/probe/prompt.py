@@ -5,7 +5,9 @@ Per sequence, once: its prompt (positions 0 .. P-1) is the batch that gets probe
 (``model.select_probe``: the ``tokens`` fraction of the prompt's positions; ``samples`` of a
 one-sequence batch is that sequence), scored by PPsp fused with the history H at the probe
 positions (``GatedBlock.choose``), and ``topk`` fixes the kept set for that sequence's whole
-decode. H is read, never updated: requests are independent (nothing carries from one prompt
+decode. A gated MLP is position-wise, so its probe's activations are read from the dense
+prefill's at the probe positions (``choose_one``: the same numbers, one MLP pass at prefill);
+attention probes attend among the probe tokens, as per-batch probing does. H is read, never updated: requests are independent (nothing carries from one prompt
 to the next), so ``momentum`` does not apply.
 Prefill runs dense (logits 0 .. P-1 are the dense model's). Decode positions P .. run on the
 kept units only, attending to the prompt's keys/values from the dense prefill; with
@@ -32,19 +34,36 @@ from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy
 from prunec.passes.probe.forward import GatedModel, build_gated, initial_state
 from prunec.passes.probe.history import History
 from prunec.passes.probe.layout import GateKind
-from prunec.passes.probe.model import GatedBlock
+from prunec.passes.probe.model import GatedBlock, GatedMLP, select_probe
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
-def choose_per_sequence(block: GatedBlock, h: torch.Tensor, x: torch.Tensor, rope: Rope,
-                        hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def choose_one(block: GatedBlock, h: torch.Tensor, x: torch.Tensor, act: torch.Tensor,
+               rope: Rope, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(kept units in topk order, probe mean or None) of one sequence (``h``/``x`` ``[1, n,
+    D]``, its dense activations ``act [1, n, C]``). A gated MLP is position-wise, so its
+    probe's activations are the dense prefill's at the probe positions: they are read from
+    ``act``, not recomputed (the same numbers, and the prefill pays no second MLP pass).
+    Attention probes run the probe tokens among themselves (``GatedBlock.choose``)."""
+    if not isinstance(block, GatedMLP) or block.settings.full_batch:
+        idx, mean = block.choose(h, x, rope, hist)
+        assert idx is not None
+        return idx, mean
+    pos, _ = select_probe(h, block.settings)
+    scores, mean = block.scored(act.index_select(1, pos), hist.index_select(1, pos))
+    return torch.topk(scores, block.gate.keep).indices, mean
+
+
+def choose_per_sequence(block: GatedBlock, h: torch.Tensor, x: torch.Tensor,
+                        act: torch.Tensor, rope: Rope, hist: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(kept-column mask ``[B, C]``, skipped-column fill ``[B, C]``, kept units ``[B, keep]``
-    in topk order) from each sequence's own ``h``/``x`` ``[B, n, D]`` (its scored prefix)."""
+    in topk order) from each sequence's own ``h``/``x`` ``[B, n, D]`` (its scored prefix)
+    and dense activations ``act [B, n, C]``."""
     masks, fills, kept = [], [], []
     for s in range(h.shape[0]):
-        idx, mean = block.choose(h[s:s + 1], x[s:s + 1], rope, hist)
-        assert idx is not None
+        idx, mean = choose_one(block, h[s:s + 1], x[s:s + 1], act[s:s + 1], rope, hist)
         mask = torch.zeros(hist.shape[0], dtype=x.dtype)
         mask[block.columns(idx)] = 1.0
         masks.append(mask)
@@ -72,7 +91,8 @@ def prompt_forward(gated: GatedModel, ids: torch.Tensor, prompt_len: int,
         act = block.activation(x, rope, None)
         if block.dynamic:
             mask, fill, idx = choose_per_sequence(
-                block, h[:, :n], x[:, :n], (rope[0][:n], rope[1][:n]), histories[len(kept)])
+                block, h[:, :n], x[:, :n], act[:, :n], (rope[0][:n], rope[1][:n]),
+                histories[len(kept)])
             kept.append(idx)
             act = torch.where(decode, act * mask.unsqueeze(1) + fill.unsqueeze(1), act)
         h = h + block.output(act, None, None)

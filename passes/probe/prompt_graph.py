@@ -15,7 +15,8 @@ MatMul) and no control flow:
   also returns its KV cache and, per dynamic block, the kept units ``[B, keep]`` (ascending)
   chosen exactly as ``prompt.choose_per_sequence`` does, each sequence probed on its own
   prompt: the top ``tokens`` fraction of its positions by residual L2 norm (ascending), the
-  probe through the block's projections, PPsp fused with the history H (a constant here,
+  probe's activations (attention: the probe tokens through the block's projections, among
+  themselves; MLP: the dense prefill's own activations at those positions), PPsp fused with the history H (a constant here,
   position-major ``[max_len, C]``: prompt mode never updates H), TopK; with ``compensate``
   also the probe's mean activation per column ``[B, C]``;
 - ``PromptGather(kept, means)`` (once per request): the kept weights per dynamic block
@@ -111,16 +112,24 @@ def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
     return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
 
 
-def choose(g: GatedModel, block: GatedBlock, h: Tensor, hist_t: Tensor
+def at_positions(x: Tensor, pos: Tensor) -> Tensor:
+    """Rows ``pos [B, n]`` of ``x [B, T, C]`` -> ``[B, n, C]``."""
+    return torch.gather(x, 1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def choose(g: GatedModel, block: GatedBlock, h: Tensor, dense_act: Tensor, hist_t: Tensor
            ) -> tuple[Tensor, Tensor | None]:
     """(kept units ``[B, keep]`` ascending, probe-mean activation ``[B, C]`` or None): each
-    sequence's own probe of its prompt ``h [B, T, D]``, PPsp fused with ``hist_t``."""
+    sequence's own probe of its prompt ``h [B, T, D]``, PPsp fused with ``hist_t``. A gated
+    MLP's probe activations are the dense prefill's ``dense_act [B, T, C]`` at the probe
+    positions (position-wise: the reference's ``prompt.choose_one``); attention heads run
+    the probe tokens among themselves."""
     pos = probe_positions(h, block)
-    p = block.normed(torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
     if isinstance(block, GatedAttention):
+        p = block.normed(at_positions(h, pos))
         act = full_attention(block, p, rope_at(g, block.rope_kind, pos), None)[0]
     else:
-        act = block.activation(p, g.rope_table(0), None)
+        act = at_positions(dense_act, pos)
     s = maths.fuse(act.pow(2).transpose(1, 2), hist_t[pos].transpose(1, 2))
     kept = torch.topk(block.importance(s), block.gate.keep, dim=-1).indices
     mean = act.mean(1) if block.settings.compensate else None
@@ -152,7 +161,7 @@ class PromptPrefill(nn.Module):
             else:
                 act = block.activation(x, ropes[0], None)
             if block.dynamic:
-                idx, mean = choose(g, block, h, getattr(self, f"hist_{len(kept)}"))
+                idx, mean = choose(g, block, h, act, getattr(self, f"hist_{len(kept)}"))
                 kept.append(idx)
                 means += [] if mean is None else [mean]
             h = h + block.output(act, None, None)
