@@ -54,6 +54,9 @@ ONNX. ``onnx.checker`` does not know these ops, so a fused file is checked by on
 loading it. On SmolLM2 fusion takes ~14 s and removes ~1,000 of ~2,600 nodes; the work it
 removes does not shrink with pruning, so fused graphs get closer to the FLOPs bound
 (``bench/static_latency.py``). Logits agree with the unfused graph within ~2e-5 relative.
+The rewrite rules are module-level objects whose matchers remember the last graph they
+matched; ``forget_matches`` clears that after the fusions, else the graph would keep every
+weight of the export (the loaded model's included) alive for the rest of the build.
 On a KV-cache graph the same fusions apply, and attention becomes MultiHeadAttention over
 the concatenated keys/values: the cache's Concat stays a plain op outside the kernel, since
 ``optimize_for_ort`` (onnxscript 0.7.2) did not rewrite this graph's attention into
@@ -238,6 +241,7 @@ def fuse_for_onnxruntime(model: ir.Model) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     _, counts = optimize_for_ort(model)
+    forget_matches()
     return {kind: n for kind, n in counts.items() if n}
 
 
@@ -271,6 +275,18 @@ def export_onnx(pruned: ExportedProgram | GraphModule, path: Path, opset: int = 
     if config.check_onnxruntime:
         check_loads(path)
     return dataclasses.replace(info, seconds=time.perf_counter() - start)
+
+
+def forget_matches() -> None:
+    """Make onnxscript's pattern matchers forget the last graph they matched: they live in
+    module-level rewrite rules and would keep that graph (and every value ever an input of
+    it, weights included) alive until the next match."""
+    import gc
+
+    from onnxscript.rewriter._matcher import SimplePatternMatcher
+
+    for matcher in (o for o in gc.get_objects() if isinstance(o, SimplePatternMatcher)):
+        matcher.__dict__.update(_graph=None, _current_node=None, _match=None, _tracer=None)
 
 
 def save_embedded(model: ir.Model, path: Path) -> None:

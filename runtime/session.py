@@ -6,7 +6,10 @@ Rules:
 - the CPU provider is always appended last as the fallback;
 - the providers the session actually uses (onnxruntime drops CUDA when no GPU is found) are
   reported in ``OrtSession.used``, and every requested-but-unused provider gets a note.
-Thread counts are onnxruntime's defaults.
+Thread counts are onnxruntime's defaults. ``prepack = False`` (the evaluation sessions of
+``artifact_runner``: ``prunec build`` and ``prunec eval``) sets ``session.disable_prepacking``:
+MLAS otherwise keeps a packed copy of each MatMul weight, and of a tied embedding (also
+read by Gather) beside the original (+106 MiB at the peak on a 4-layer SmolLM2-shaped model).
 ``artifact_runner`` opens an artifact's ONNX file for evaluation: a static graph as a plain
 session, a gated one (a ``.gating.json`` manifest beside it) as a ``GatedSession`` that
 carries the history H from batch to batch.
@@ -50,7 +53,8 @@ def choose_providers(requested: Sequence[str], available: Sequence[str]) -> tupl
     return tuple(dict.fromkeys(chosen)), tuple(notes)
 
 
-def open_session(path: Path, providers: Sequence[Provider] = (Provider.CPU,)) -> OrtSession:
+def open_session(path: Path, providers: Sequence[Provider] = (Provider.CPU,),
+                 prepack: bool = True) -> OrtSession:
     """An InferenceSession on ``path`` with the best available of ``providers``."""
     import onnxruntime as ort
 
@@ -58,6 +62,8 @@ def open_session(path: Path, providers: Sequence[Provider] = (Provider.CPU,)) ->
     chosen, notes = choose_providers(requested, available_providers())
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: provider fallbacks are reported in notes
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(str(path), sess_options=options, providers=list(chosen))
     used = tuple(session.get_providers())
     notes += tuple(f"{p} could not be used (no device?); fell back to {used[0]}"
@@ -81,7 +87,7 @@ def artifact_runner(onnx_path: Path, providers: tuple[Provider, ...],
 
     gating = onnx_path.with_suffix(".gating.json")
     if not gating.is_file():
-        session = open_session(onnx_path, providers)
+        session = open_session(onnx_path, providers, prepack=False)
         return session, onnx_logits(session.session), None
     if is_prompt_mode(json.loads(gating.read_text())):
         return prompt_runner(onnx_path, providers, prompt_len)  # type: ignore[no-any-return]

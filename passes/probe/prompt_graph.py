@@ -64,6 +64,18 @@ def weight_names(block: GatedBlock) -> tuple[str, ...]:
     return tuple(n for n in ATTN_WEIGHTS if n != "q_bias" or block.b_q is not None)
 
 
+def per_sequence_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[b, idx[b]]`` for every sequence b: ``x [B, N, ...]``, ``idx [B, k]`` -> ``[B, k,
+    ...]``. One Gather of whole slabs from ``x`` flattened to ``[B*N, ...]`` (row ``b*N +
+    idx``): ``torch.gather`` with an index expanded to the output's shape exports as
+    GatherElements, which reads an int64 index as large as the output (per decode step, twice
+    the KV cache's bytes per layer)."""
+    b, n = x.shape[0], x.shape[1]
+    rows = idx + torch.arange(b, device=idx.device).unsqueeze(1) * n
+    flat = x.reshape(b * n, *x.shape[2:]).index_select(0, rows.reshape(-1))
+    return flat.reshape(b, idx.shape[1], *x.shape[2:])
+
+
 def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any,
            wq: Tensor, bq: Tensor | None, kv_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(attention output ``[B, S, k*d]``, keys, values ``[B, kv, past+S, d]``) of ``x``
@@ -79,8 +91,7 @@ def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: 
     v = project_in(x, block.w_v, block.b_v).view(b, s, -1, d).transpose(1, 2)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    idx = kv_index[:, :, None, None].expand(-1, -1, k.shape[2], d)
-    kk, vv = torch.gather(k, 1, idx), torch.gather(v, 1, idx)
+    kk, vv = per_sequence_rows(k, kv_index), per_sequence_rows(v, kv_index)
     total = k.shape[2]
     keys = torch.arange(total, device=x.device)
     queries = torch.arange(s, device=x.device) + (total - s)
@@ -114,7 +125,7 @@ def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
 
 def at_positions(x: Tensor, pos: Tensor) -> Tensor:
     """Rows ``pos [B, n]`` of ``x [B, T, C]`` -> ``[B, n, C]``."""
-    return torch.gather(x, 1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return per_sequence_rows(x, pos)
 
 
 def choose(g: GatedModel, block: GatedBlock, h: Tensor, dense_act: Tensor, hist_t: Tensor

@@ -9,11 +9,13 @@ import weakref
 from pathlib import Path
 
 import pytest
+import torch
 from tinymodels import TinyConfig, every_rule_plan, tiny_llama, torch_threads
 
 from prunec.compiler.ir import Provider
 from prunec.passes.pipeline import prune_graph
 from prunec.passes.reference import shape_of
+from prunec.runtime.evaluate import onnx_logits
 from prunec.runtime.export import ExportConfig, export_onnx
 from prunec.runtime.session import artifact_runner, open_session
 
@@ -42,8 +44,17 @@ def test_evaluation_sessions_do_not_prepack(tmp_path: Path) -> None:
     refs = _exported_weights(tmp_path, fuse=True)
     assert refs
     session, logits_fn, reset = artifact_runner(tmp_path / "m.onnx", (Provider.CPU,))
-    options = session.session.get_session_options()
-    assert options.get_session_config_entry("session.disable_prepacking") == "1"
-    assert reset is None
-    plain = open_session(tmp_path / "m.onnx").session.get_session_options()
-    assert plain.get_session_config_entry("session.disable_prepacking") != "1"
+    assert _prepacking_disabled(session.session) and reset is None
+    prepacked = open_session(tmp_path / "m.onnx").session
+    assert not _prepacking_disabled(prepacked)
+    batch = torch.randint(0, TinyConfig().vocab, (2, 12))  # same numbers either way
+    torch.testing.assert_close(logits_fn(batch), onnx_logits(prepacked)(batch),
+                               rtol=1e-5, atol=1e-5)
+
+
+def _prepacking_disabled(session: object) -> bool:
+    options = session.get_session_options()  # type: ignore[attr-defined]
+    try:
+        return bool(options.get_session_config_entry("session.disable_prepacking") == "1")
+    except RuntimeError:  # not set
+        return False
