@@ -18,7 +18,6 @@ inside the post-norm).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 from test_probe_families import MAX_LEN, family_model
-from test_prompt_mode import B, P, hf_decode, ids
+from test_prompt_mode import assert_prefill_dense_decode_zeroed, ids
+from test_prompt_onnx import assert_decodes_the_reference
 from torch import nn
 
 from prunec.compiler.families import family
@@ -35,11 +35,10 @@ from prunec.passes.probe import PromptRunner, calibrate_history
 from prunec.passes.probe.history import History
 from prunec.passes.reference import relative_error, shape_of
 from prunec.runtime.gated import export_gated_onnx
-from prunec.runtime.generate import Generator, SamplingConfig
 from prunec.runtime.prompt_mode import PromptSession
 
 TOL = 1e-4
-PROMPT, STEPS = 8, 32  # PROMPT + STEPS == MAX_LEN: the rope tables' last row is used
+PROMPT = 8  # + test_prompt_onnx.STEPS (32) == MAX_LEN: the rope tables' last row is used
 FAMILIES = ("qwen3", "gemma2", "gemma3_text")
 
 
@@ -66,17 +65,8 @@ def test_prefill_is_hf_and_decode_is_hf_zeroed_with_the_cache(
         name: str, calib_ids: torch.Tensor, make_policy: Any) -> None:
     model = family_model(name)
     run = _runner(model, calib_ids, _policy(make_policy))
-    batch = ids(1)
-    logits = run.run(batch, P)
-    with torch.no_grad():
-        dense = model(input_ids=batch, use_cache=False).logits
-    assert relative_error(logits[:, :P], dense[:, :P]) <= TOL
-    assert relative_error(logits[:, P:], dense[:, P:]) > 1e-2  # decode is pruned
-    names = run.gated.history_names
-    assert len(names) == 4  # heads and channels of layers 1 and 2
-    for s in range(B):
-        kept = {n: run.last_kept[i][s].tolist() for i, n in enumerate(names)}
-        assert relative_error(logits[s:s + 1, P:], hf_decode(model, batch[s:s + 1], kept)) <= TOL
+    assert_prefill_dense_decode_zeroed(model, run, ids(1))
+    assert len(run.gated.history_names) == 4  # heads and channels of layers 1 and 2
 
 
 @pytest.fixture(scope="module", params=("qwen3", "gemma2", "gemma3_text"))
@@ -111,17 +101,4 @@ def test_onnx_decodes_the_reference_over_32_steps(artifact: tuple[Path, PromptRu
     """Greedy tokens through the generation API are the reference's argmax, teacher-forced
     on the result; every step's logits (``PromptSession``, one token at a time) are its."""
     path, run = artifact
-    gen = Generator(path)
-    gen.manifest = dataclasses.replace(gen.manifest, eos=())  # decode every step asked for
-    prompts = ids(4, b=2, t=PROMPT)
-    out = gen.generate(prompts.tolist(), SamplingConfig(max_new_tokens=STEPS))
-    seq = torch.cat([prompts, torch.tensor(out.tokens)], dim=1)
-    want = run.run(seq, PROMPT)[:, PROMPT - 1:PROMPT - 1 + STEPS]
-    assert torch.equal(want.argmax(-1), torch.tensor(out.tokens))
-    session = PromptSession(path)
-    first, state = session.prefill(prompts.numpy())
-    steps = [first[:, -1]]
-    for i in range(STEPS - 1):
-        pos = np.full((2, 1), PROMPT + i, dtype=np.int64)
-        steps.append(session.decode(seq[:, PROMPT + i:PROMPT + i + 1].numpy(), pos, state)[:, -1])
-    assert relative_error(torch.from_numpy(np.stack(steps, axis=1)), want) <= TOL
+    assert_decodes_the_reference(path, run, ids(4, b=2, t=PROMPT))

@@ -45,15 +45,20 @@ def hf_decode(model: nn.Module, seq: torch.Tensor, kept: dict[str, list[int]]) -
 def test_prefill_dense_and_decode_equal_hf_with_the_cache(kind: str, calib_ids: torch.Tensor,
                                                           make_policy: Any) -> None:
     model = hf_model(kind)
-    run = runner(model, calib_ids, make_policy)
-    batch = ids(1)
+    assert_prefill_dense_decode_zeroed(model, runner(model, calib_ids, make_policy), ids(1))
+
+
+def assert_prefill_dense_decode_zeroed(model: nn.Module, run: PromptRunner,
+                                       batch: torch.Tensor) -> None:
+    """``run``'s logits on ``batch`` (prompt ``P``) are the HF model's at the prompt and, per
+    sequence, HF decoding from the dense cache with that sequence's skipped units zeroed."""
     logits = run.run(batch, P)
     with torch.no_grad():
         dense = model(input_ids=batch, use_cache=False).logits
     assert relative_error(logits[:, :P], dense[:, :P]) <= TOL
     assert relative_error(logits[:, P:], dense[:, P:]) > 1e-2  # decode is pruned
     names = run.gated.history_names
-    for s in range(B):
+    for s in range(batch.shape[0]):
         kept = {n: run.last_kept[i][s].tolist() for i, n in enumerate(names)}
         assert relative_error(logits[s:s + 1, P:], hf_decode(model, batch[s:s + 1], kept)) <= TOL
 

@@ -65,19 +65,26 @@ def test_generator_decodes_the_reference_greedy_tokens(artifact: tuple[Path, Pro
     """32 greedy steps through the generation API; the reference, teacher-forced on the
     result, picks every token and gives every step's logits (PromptSession, step by step)."""
     path, run = artifact
+    assert_decodes_the_reference(path, run, tokens(2, 2, P))
+
+
+def assert_decodes_the_reference(path: Path, run: PromptRunner, prompts: torch.Tensor) -> None:
+    """``STEPS`` greedy tokens of the artifact at ``path`` from ``prompts [b, p]``
+    (``Generator``, EOS ignored) are ``run``'s argmax teacher-forced on them, and every
+    step's logits (``PromptSession``, one token at a time) are ``run``'s within ``TOL``."""
     gen = Generator(path)
     gen.manifest = dataclasses.replace(gen.manifest, eos=())  # decode every step asked for
-    prompts = tokens(2, 2, P)
+    b, p = prompts.shape
     out = gen.generate(prompts.tolist(), SamplingConfig(max_new_tokens=STEPS))
     seq = torch.cat([prompts, torch.tensor(out.tokens)], dim=1)
-    want = run.run(seq, P)[:, P - 1:P - 1 + STEPS]
+    want = run.run(seq, p)[:, p - 1:p - 1 + STEPS]
     assert torch.equal(want.argmax(-1), torch.tensor(out.tokens))
     session = PromptSession(path)
     first, state = session.prefill(prompts.numpy())
     steps = [first[:, -1]]
     for i in range(STEPS - 1):
-        pos = np.full((2, 1), P + i, dtype=np.int64)
-        steps.append(session.decode(seq[:, P + i:P + i + 1].numpy(), pos, state)[:, -1])
+        pos = np.full((b, 1), p + i, dtype=np.int64)
+        steps.append(session.decode(seq[:, p + i:p + i + 1].numpy(), pos, state)[:, -1])
     assert relative_error(torch.from_numpy(np.stack(steps, axis=1)), want) <= TOL
 
 
