@@ -360,8 +360,8 @@ class GatedAttention(GatedBlock):
         if idx is not None:
             wq, kv_map = wq.index_select(0, idx), kv_map.index_select(0, idx)
             bq = None if bq is None else bq.index_select(0, idx)
-        q = _head_norm(self.q_norm, project_in(x, wq.reshape(-1, hidden), bq).view(b, t, -1, d))
-        k = _head_norm(self.k_norm, project_in(x, self.w_k, self.b_k).view(b, t, -1, d))
+        q, k = self.head_norms(project_in(x, wq.reshape(-1, hidden), bq).view(b, t, -1, d),
+                               project_in(x, self.w_k, self.b_k).view(b, t, -1, d))
         v = project_in(x, self.w_v, self.b_v).view(b, t, -1, d).transpose(1, 2)
         cos, sin = rope
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)

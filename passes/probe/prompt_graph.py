@@ -123,11 +123,6 @@ def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
     return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
 
 
-def at_positions(x: Tensor, pos: Tensor) -> Tensor:
-    """Rows ``pos [B, n]`` of ``x [B, T, C]`` -> ``[B, n, C]``."""
-    return per_sequence_rows(x, pos)
-
-
 def choose(g: GatedModel, block: GatedBlock, h: Tensor, dense_act: Tensor, hist_t: Tensor
            ) -> tuple[Tensor, Tensor | None]:
     """(kept units ``[B, keep]`` ascending, probe-mean activation ``[B, C]`` or None): each
@@ -137,10 +132,10 @@ def choose(g: GatedModel, block: GatedBlock, h: Tensor, dense_act: Tensor, hist_
     the probe tokens among themselves."""
     pos = probe_positions(h, block)
     if isinstance(block, GatedAttention):
-        p = block.normed(at_positions(h, pos))
+        p = block.normed(per_sequence_rows(h, pos))
         act = full_attention(block, p, rope_at(g, block.rope_kind, pos), None)[0]
     else:
-        act = at_positions(dense_act, pos)
+        act = per_sequence_rows(dense_act, pos)
     s = maths.fuse(act.pow(2).transpose(1, 2), hist_t[pos].transpose(1, 2))
     kept = torch.topk(block.importance(s), block.gate.keep, dim=-1).indices
     mean = act.mean(1) if block.settings.compensate else None
