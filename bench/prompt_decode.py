@@ -18,16 +18,17 @@ round-robin; medians over ``--repeats`` after one warm-up run per artifact and b
 
 Bound (``generation.weight_bytes``: initializer bytes a decoded token reads, a table read
 only by Gather counting one row): dense = the dense graph's; prompt mode = the decode
-graph's initializers plus, per sequence, the gathered weights (``w.*`` inputs, from the
-manifest). Kept sets are per sequence, so one decode step at batch b reads b copies of the
-gathered weights: per step, bound = dense / (decode initializers + b x gathered).
+graph's initializers plus the gathered weights (``w.*`` inputs, from the manifest). With
+per-sequence kept sets one decode step at batch b reads b copies of the gathered weights
+(bound = dense / (decode initializers + b x gathered)); with ``kept = per-batch`` one copy.
 
 ``matmul_chain``: a memory-bound chain of SmolLM2 MLP-sized MatMuls at batch 1 with the
 weights as initializers, plain inputs and batched inputs: what the decode graph's
 gathered-weights-as-inputs form costs per byte against the prepacked initializers of a
 static graph.
 
-Run: ``python bench/prompt_decode.py [--ratios 0.2,0.4,0.5] [--batches 1,4] [--prompt-len
+Run: ``python bench/prompt_decode.py [--ratios 0.2,0.4,0.5] [--batch-ratios 0.4]
+[--batches 1,4] [--prompt-len
 128] [--new-tokens 128] [--repeats 5] [--calib-samples 32] [--workdir DIR] [--out FILE]``;
 writes ``bench/results/prompt_decode.json`` with the machine (``bench/machine.py``).
 """
@@ -58,6 +59,7 @@ DENSE = {"dense-fused": "on", "dense-plain": "off"}
 @dataclass(frozen=True)
 class Settings:
     ratios: tuple[float, ...]
+    batch_ratios: tuple[float, ...]  # kept = per-batch artifacts
     batches: tuple[int, ...]
     prompt_len: int
     new_tokens: int
@@ -70,12 +72,13 @@ def spec_text(name: str, s: Settings) -> str:
     """The spec of artifact ``name`` (``dense-*`` or ``prompt-NN``)."""
     if name in DENSE:
         return f'name = "{name}"\nmodel demo\nexport onnx "model.onnx" {{ fuse = {DENSE[name]} }}\n'
-    ratio = int(name.removeprefix("prompt-"))
+    ratio = int(name.removeprefix("prompt-").removesuffix("-batch"))
+    per_batch = "  kept = per-batch\n  samples = 100%\n" if name.endswith("-batch") else ""
     return (f'name = "{name}"\nmodel demo\n'
             f'dataset calib text "{CALIB}" {{ samples = {s.calib_samples}, seq_len = 256 }}\n'
             f"probe {{\n  ratio = {ratio}%\n  targets = [mlp, heads]\n  skip = [layers[0..2]]\n"
             "  mode = prompt\n  tokens = 50%\n  history = calib\n  metric = ppsp\n"
-            "  round = 64\n  compensate = on\n}\n"
+            f"  round = 64\n  compensate = on\n{per_batch}}}\n"
             f'export onnx "model.onnx" {{ gating = on, max_len = '
             f"{max(256, s.prompt_len + s.new_tokens)} }}\n")
 
@@ -92,11 +95,18 @@ def build(name: str, workdir: Path, s: Settings) -> Path:
     return out
 
 
-def gathered_bytes(path: Path) -> int:
-    """Bytes of one sequence's gathered weights (the decode graph's ``w.*`` inputs)."""
+def gathered_bytes(path: Path, batch: int) -> int:
+    """Bytes of the gathered weights (the decode graph's ``w.*`` inputs) one step reads at
+    ``batch``: one copy per sequence where they have a ``batch`` dim, else one."""
     manifest = json.loads((path / "model.gating.json").read_text())
-    return sum(int(np.prod(v["shape"][1:])) * np.dtype(v["dtype"]).itemsize
-               for v in manifest["graphs"]["decode"]["inputs"] if v["name"].startswith("w."))
+    total = 0
+    for v in manifest["graphs"]["decode"]["inputs"]:
+        if v["name"].startswith("w."):
+            shape = v["shape"]
+            copies = batch if shape and shape[0] == "batch" else 1
+            dims = shape[1:] if shape and shape[0] == "batch" else shape
+            total += copies * int(np.prod(dims)) * np.dtype(v["dtype"]).itemsize
+    return total
 
 
 def bytes_per_step(path: Path, batch: int) -> int:
@@ -104,7 +114,7 @@ def bytes_per_step(path: Path, batch: int) -> int:
     decode = path / "model.decode.onnx"
     if not decode.is_file():
         return weight_bytes(path / "model.onnx")[1]
-    return weight_bytes(decode)[1] + batch * gathered_bytes(path)
+    return weight_bytes(decode)[1] + gathered_bytes(path, batch)
 
 
 def time_all(gens: dict[str, Any], texts: list[list[int]], s: Settings
@@ -189,7 +199,8 @@ def run(s: Settings, workdir: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     run_on = machine.start()
-    names = [*DENSE, *(f"prompt-{round(r * 100)}" for r in s.ratios)]
+    names = [*DENSE, *(f"prompt-{round(r * 100)}" for r in s.ratios),
+             *(f"prompt-{round(r * 100)}-batch" for r in s.batch_ratios)]
     paths = {n: build(n, workdir, s) for n in names}
     tokenizer = AutoTokenizer.from_pretrained(str(paths["dense-fused"]))
     texts = prompts(tokenizer, s.prompt_len, max(s.batches))
@@ -210,6 +221,7 @@ def numbers(text: str, kind: type) -> tuple[Any, ...]:
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--ratios", default="0.2,0.4,0.5")
+    p.add_argument("--batch-ratios", default="0.4", help="kept = per-batch artifacts")
     p.add_argument("--batches", default="1,4")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -219,7 +231,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None, help="builds kept and reused here")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
-    s = Settings(numbers(a.ratios, float), numbers(a.batches, int), a.prompt_len, a.new_tokens,
+    s = Settings(numbers(a.ratios, float), numbers(a.batch_ratios, float),
+                 numbers(a.batches, int), a.prompt_len, a.new_tokens,
                  a.repeats, a.calib_samples, a.provider)
     if a.workdir is not None:
         a.workdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ perplexity(prompt_len=P)``) of:
 - ``prompt`` / ``prompt-compensate``: per sequence, kept sets scored once from the prompt
   (PPsp fused with the calibrated H), prefill dense, the continuation on the kept units
   (``passes.probe.PromptRunner``, the PyTorch reference);
+- ``prompt-batch`` / ``prompt-batch-compensate``: ``kept = per-batch``, ``samples = 100%``:
+  one kept set per evaluation batch (``--batch`` unrelated windows), probed on all their
+  prompts, as a server batching requests would run it;
 - ``full-batch`` / ``full-batch-compensate``: the same but scored on the whole sequence, the
   continuation included (an oracle-ish control no deployment can run);
 - ``flap`` / ``wanda-sp``: static kept sets from the calibration text at the same per-layer
@@ -30,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine
 from probe_quality import dataset, demo_model, policy
 
-from prunec.compiler.ir import ProbeMetric, ProbeMode
+from prunec.compiler.ir import KeptScope, ProbeMetric, ProbeMode
 from prunec.passes.probe import ProbeRunner, PromptRunner, calibrate_history
 from prunec.runtime.data import load_dataset
 from prunec.runtime.evaluate import perplexity, torch_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"in-domain": "kjv-eval.txt", "out-of-domain": "licenses.txt"}
-METHODS = ("prompt", "prompt-compensate", "full-batch", "full-batch-compensate", "flap",
-           "wanda-sp")
-DEFAULT_METHODS = "prompt,prompt-compensate,full-batch-compensate,flap,wanda-sp"
+METHODS = ("prompt", "prompt-compensate", "prompt-batch", "prompt-batch-compensate",
+           "full-batch", "full-batch-compensate", "flap", "wanda-sp")
+DEFAULT_METHODS = ("prompt,prompt-compensate,prompt-batch-compensate,full-batch-compensate,"
+                   "flap,wanda-sp")
 STATIC = {"flap": ProbeMetric.FLAP, "wanda-sp": ProbeMetric.WANDA_SP}
 
 
@@ -62,6 +67,8 @@ def logits_fn(name: str, ratio: float, ctx: dict[str, Any], prompt_len: int) -> 
                            history).run
     pol = policy(ratio, ProbeMode.PROMPT, ProbeMetric.PPSP,
                  compensate=name.endswith("-compensate"))
+    if name.startswith("prompt-batch"):
+        pol = replace(pol, kept=KeptScope.PER_BATCH, sample_fraction=1.0)
     runner = PromptRunner(model, shape, pol, history, oracle=name.startswith("full-batch"))
     return lambda batch: runner.run(batch, prompt_len)
 

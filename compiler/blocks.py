@@ -29,6 +29,7 @@ from prunec.compiler.ir import (
     Distribution,
     DType,
     ExportDType,
+    KeptScope,
     LayerSelector,
     ManualPlan,
     OnnxExport,
@@ -195,8 +196,9 @@ HISTORY = Key[str | None]("history", sx.name, None)
 METRIC = Key("metric", _enum(ProbeMetric), ProbeMetric.PPSP, "ppsp")
 ROUND = Key("round", sx.integer, 64, "64")
 COMPENSATE = Key("compensate", sx.boolean, False, "off")
+KEPT = Key("kept", _enum(KeptScope), KeptScope.PER_SEQUENCE, "per-sequence")
 PROBE = Schema("probe", (RATIO, TARGETS, SKIP, MODE, TOKENS, PROBE_SAMPLES, MOMENTUM, HISTORY,
-                         METRIC, ROUND, COMPENSATE))
+                         METRIC, ROUND, COMPENSATE, KEPT))
 
 OPSET = Key("opset", sx.integer, 18, "18")
 GATING = Key("gating", sx.boolean, False)  # derived: on when the spec has a probe block
@@ -312,7 +314,7 @@ def probe_block(f: Fields, sink: list[Diagnostic]) -> ProbePolicy | None:
         token_fraction=f.get(TOKENS, sink), sample_fraction=f.get(PROBE_SAMPLES, sink),
         momentum=f.get(MOMENTUM, sink), history_dataset=f.get(HISTORY, sink),
         metric=f.get(METRIC, sink), round_to=f.get(ROUND, sink), span=f.span,
-        compensate=f.get(COMPENSATE, sink),
+        compensate=f.get(COMPENSATE, sink), kept=f.get(KEPT, sink),
     )
     if "ratio" not in f.attrs:
         sink.append(Diagnostic.error("P0106", "the probe block needs a ratio", f.span,

@@ -22,7 +22,7 @@ from pathlib import Path
 from prunec.compiler import files, names
 from prunec.compiler.budget import dense_params, layer_ratio
 from prunec.compiler.diagnostics import Diagnostic, Span
-from prunec.compiler.families import family
+from prunec.compiler.families import family, window_problem
 from prunec.compiler.ir import (
     MAX_OPSET,
     MAX_SEQ,
@@ -31,6 +31,7 @@ from prunec.compiler.ir import (
     DatasetDecl,
     KeepChannels,
     KeepHeads,
+    KeptScope,
     LayerSelector,
     ModelShape,
     OnnxExport,
@@ -396,6 +397,9 @@ def check_probe(ctx: Context) -> Iterator[Diagnostic]:
     if p.mode is ProbeMode.PROMPT and p.metric is not ProbeMetric.PPSP:
         yield _err("P0230", f"mode = prompt scores each prompt with ppsp, not {p.metric.value}",
                    p.span, "a static metric's kept set does not depend on the prompt")
+    if p.kept is not KeptScope.PER_SEQUENCE and p.mode is not ProbeMode.PROMPT:
+        yield _err("P0231", f"kept = {p.kept.value} needs mode = prompt, not {p.mode.value}",
+                   p.span, "per-batch probing already chooses one kept set per batch")
     if history_dataset(ctx.spec) is None:
         yield _err("P0212", "the probe policy needs a calibration dataset for its history",
                    p.span, "add history = <dataset> to the probe block")
@@ -428,12 +432,11 @@ def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
     if p is None or shape is None:
         return
     yield from _probe_family(p, shape)
-    max_len = export.max_len if export is not None and export.gating else None
-    if max_len is not None and shape.sliding_window is not None and (
-            shape.sliding_window < max_len):
-        yield _err("P0226", f"the model attends over a sliding window of "
-                   f"{shape.sliding_window} tokens, shorter than the gated graph's max_len "
-                   f"{max_len}", export.span if export is not None else p.span,
+    if export is None or not export.gating:
+        return
+    problem = window_problem((shape.sliding_window,), export.max_len)
+    if problem:
+        yield _err("P0226", problem, export.span,
                    f"set max_len = {shape.sliding_window} or less in export onnx")
 
 

@@ -74,6 +74,7 @@ CODES: dict[str, str] = {
     "P0228": "least-squares reconstruction with damp = 0 has fewer calibration tokens than kept inputs",
     "P0229": "a half model dtype (float16, bfloat16) on device = cpu: half dtypes need a CUDA device",
     "P0230": "probe mode = prompt with a static metric (prompt mode scores with ppsp)",
+    "P0231": "probe kept = per-batch without mode = prompt (only prompt mode fixes kept sets)",
     # files and models
     "P0301": "the model path does not exist or is not a model",
     "P0302": "a data file is missing, unreadable, or a glob matches nothing",

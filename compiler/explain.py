@@ -267,6 +267,9 @@ def _probe_rows(p: ProbePolicy, shape: ModelShape, history: str | None) -> list[
 def _probe_what(p: ProbePolicy) -> str:
     if p.mode.value == "full-batch":
         return "the whole batch"
+    if p.mode.value == "prompt" and p.kept.value == "per-batch":
+        return (f"{_pct(p.token_fraction)} of tokens x {_pct(p.sample_fraction)} of the "
+                "batch's prompts, once per batch (one kept set for the batch)")
     if p.mode.value == "prompt":
         return f"{_pct(p.token_fraction)} of each prompt's tokens, once per sequence"
     return f"{_pct(p.token_fraction)} of tokens x {_pct(p.sample_fraction)} of samples"

@@ -3,7 +3,8 @@
 ``FAMILIES`` holds one ``Family`` per config ``model_type``. Everything that depends on the
 family reads it here: ``compiler.shape.SUPPORTED`` (which ``model_type`` / GGUF architecture
 a config may name, P0303), the probe check (``compiler.checks``: a family whose probe path
-or prompt-mode graphs are not built is P0226, decided from config.json alone) and the
+or prompt-mode graphs are not built is P0226, decided from config.json alone; so is a
+sliding window narrower than the gated graph, ``window_problem``) and the
 README's "Supported models" matrix, which is ``support_matrix()`` verbatim
 (``tests/compiler/test_families.py``).
 
@@ -24,6 +25,7 @@ column is rejected by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -70,6 +72,20 @@ def family(model_type: str) -> Family:
 def supported() -> tuple[str, ...]:
     """Every ``model_type`` prunec accepts, in table order."""
     return tuple(f.model_type for f in FAMILIES)
+
+
+def window_problem(windows: Iterable[int | None], max_len: int) -> str | None:
+    """Why probe gating cannot stand in for attention with these sliding ``windows`` (one per
+    attending layer; None: the whole past), or None when it can: the gated forward attends
+    causally over up to ``max_len`` positions, and a window of w tokens (the query's own
+    included, as transformers applies it) sees all of them only when w >= ``max_len``.
+    The one rule behind ``prunec check``'s P0226 and ``passes.probe.forward``'s guard, both
+    on ``compiler.shape.layer_windows`` (of config.json; of the loaded model's config)."""
+    narrowest = min((w for w in windows if w is not None), default=None)
+    if narrowest is None or narrowest >= max_len:
+        return None
+    return (f"the model attends over a sliding window of {narrowest} tokens, shorter than "
+            f"the gated graph's max_len {max_len}")
 
 
 def support_matrix() -> str:

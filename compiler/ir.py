@@ -329,6 +329,13 @@ class ProbeMode(enum.Enum):
     PROMPT = "prompt"  # per sequence, once: the prompt's probe fixes the decode's kept sets
 
 
+class KeptScope(enum.Enum):
+    """Whose prompt a ``mode = prompt`` kept set belongs to (``probe { kept = ... }``)."""
+
+    PER_SEQUENCE = "per-sequence"  # each sequence its own kept sets: b weight copies per step
+    PER_BATCH = "per-batch"  # one kept set per batch, probed on the batch's prompts: one copy
+
+
 @dataclass(frozen=True)
 class ProbePolicy:
     ratio: float  # model-wide fraction of width removed per batch
@@ -344,6 +351,7 @@ class ProbePolicy:
     span: Span
     # skipped units contribute the probe's mean activation (W[:, skipped] @ mean), off = paper
     compensate: bool = False
+    kept: KeptScope = KeptScope.PER_SEQUENCE  # mode = prompt only
 
 
 # ------------------------------------------------------------------------- gates

@@ -16,8 +16,10 @@ as a different model than the file states (``gguf_misread``) is P0303, from the 
 This module is the one home of what a usable config is: ``SUPPORTED`` (the model families
 of ``compiler.families``' support table) and ``shape_from_config_dict`` (every size a
 positive integer, not a bool or a float; heads divisible by key/value heads; hidden divisible
-by heads when ``head_dim`` is not given; an even head size; a causal-LM architecture), which ``prunec check``
-runs on config.json and the model loader on the same file before any weight is read.
+by heads when ``head_dim`` is not given; an even head size; a causal-LM architecture with
+causal attention; per-layer sliding windows as transformers applies them, ``layer_windows``),
+which ``prunec check`` runs on config.json and the model loader on the same file before any
+weight is read.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
     (P0303) for an unsupported family or architecture and for any nonsense size."""
     arch = supported_family(c.get("model_type"), where, "model_type")
     causal_lm(c.get("architectures"), where)
+    causal_attention(c, where)
     qkv, o = attention_biases(arch, config_bool(c, "attention_bias", where))
     heads = positive_int(c, "num_attention_heads", where)
     hidden = positive_int(c, "hidden_size", where)
@@ -134,6 +137,16 @@ def causal_lm(archs: object, where: str) -> None:
     if not isinstance(archs, list) or not any(str(a).endswith("ForCausalLM") for a in archs):
         raise ShapeProblem("P0303", f"{where}: architectures {_show(archs)} is not a causal "
                            "language model (*ForCausalLM)")
+
+
+def causal_attention(c: Mapping[str, Any], where: str) -> None:
+    """``use_bidirectional_attention`` (Gemma 2 and 3's encoder mode, EmbeddingGemma) must not
+    be true: every token would see the tokens after it, which no KV cache, prompt or probe
+    gating of prunec's can express."""
+    if config_bool(c, "use_bidirectional_attention", where):
+        raise ShapeProblem("P0303", f"{where}: use_bidirectional_attention is true; prunec "
+                           "prunes causal decoders, and this model's attention is not causal",
+                           "an embedding model cannot be pruned as a causal language model")
 
 
 def positive_int(c: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
@@ -167,26 +180,81 @@ def activation(c: Mapping[str, Any], where: str) -> str:
     return value
 
 
+# How each family's attention modules read their sliding window (transformers' modeling
+# files; ``tests/passes/families/test_family_windows.py`` checks each rule against the
+# modules and their logits), and the
+# window its config class gives when config.json has no ``sliding_window`` key:
+#   "every": every layer uses the config's ``sliding_window`` (``layer_types`` is ignored);
+#   "switch": only when ``use_sliding_window``, on ``layer_types``' sliding layers, else on
+#             layers from ``max_window_layers`` (default 28) on;
+#   "alternate": ``layer_types``' sliding layers, else the even-indexed ones;
+#   "pattern": ``layer_types``' sliding layers, else layer i unless (i + 1) is a multiple of
+#              ``sliding_window_pattern`` (default 6).
+# "alternate" and "pattern" families build a sliding mask whatever the layers are, so they
+# need a window. A family not named here (Llama) has full causal attention everywhere.
+WINDOW_RULES: dict[str, tuple[str, int | None]] = {
+    "mistral": ("every", 4096), "phi3": ("every", None), "qwen2": ("switch", 4096),
+    "qwen3": ("switch", 4096), "gemma2": ("alternate", 4096), "gemma3_text": ("pattern", 4096)}
+DEFAULT_MAX_WINDOW_LAYERS = 28  # Qwen2Config's and Qwen3Config's
+DEFAULT_WINDOW_PATTERN = 6  # Gemma3TextConfig's
+
+
 def attention_window(model_type: str, c: Mapping[str, Any], where: str) -> int | None:
-    """The narrowest sliding attention window of any layer, as transformers reads it: the
-    config's ``layer_types`` when given (any ``sliding_attention``), else Qwen2's
-    ``use_sliding_window`` for layers from ``max_window_layers`` on, else Mistral's
-    ``sliding_window``; Llama has none. None means full causal attention everywhere."""
-    if model_type == "llama" or c.get("sliding_window") is None:
+    """The narrowest sliding attention window of any layer (``layer_windows``); None means
+    full causal attention everywhere."""
+    return min((w for w in layer_windows(model_type, c, where) if w is not None), default=None)
+
+
+def layer_windows(model_type: str, c: Mapping[str, Any], where: str) -> tuple[int | None, ...]:
+    """Each layer's sliding attention window as transformers applies it (``WINDOW_RULES``);
+    None: that layer attends to the whole past. P0303 for a config transformers cannot run:
+    a sliding layer, or a family that always builds a sliding mask, without a window."""
+    n = positive_int(c, "num_hidden_layers", where)
+    rule = WINDOW_RULES.get(model_type, ("", None))[0]
+    window = _config_window(model_type, c, where)
+    if rule in ("", "every"):
+        return (window,) * n
+    sliding = _sliding_layers(rule, c, n, window is not None, where)
+    if window is None and (rule != "switch" or any(sliding)):
+        state = "null" if c.get("sliding_window", 0) is None else "switched off"
+        raise ShapeProblem("P0303", f"{where}: sliding_window is {state}, but transformers "
+                           f"builds sliding-window attention for this {model_type} model",
+                           "set sliding_window (and use_sliding_window = true), or list no "
+                           "sliding_attention layers in layer_types")
+    return tuple(window if s else None for s in sliding)
+
+
+def _config_window(model_type: str, c: Mapping[str, Any], where: str) -> int | None:
+    """The config's ``sliding_window`` as transformers keeps it: the config class's default
+    when absent, None when null, when the family has no windows (Llama) or (Qwen) when
+    ``use_sliding_window`` is off."""
+    rule, default = WINDOW_RULES.get(model_type, ("", None))
+    if not rule or c.get("sliding_window", default) is None:
         return None
-    layer_types = c.get("layer_types")
-    if isinstance(layer_types, list):
-        windowed = "sliding_attention" in layer_types
-    elif model_type == "qwen2":
-        first = c.get("max_window_layers", 0)
+    if rule == "switch" and not config_bool(c, "use_sliding_window", where):
+        return None
+    return positive_int(c, "sliding_window", where, default)
+
+
+def _sliding_layers(rule: str, c: Mapping[str, Any], n: int, windowed: bool,
+                    where: str) -> list[bool]:
+    """Which of the ``n`` layers are sliding-window layers under ``rule`` (not "every")."""
+    types = c.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n or not all(
+                isinstance(t, str) for t in types):
+            raise ShapeProblem("P0303", f"{where}: layer_types must name the attention of "
+                               f"each of the {n} layers, not {_show(types)}")
+        return [t == "sliding_attention" for t in types]
+    if rule == "switch":
+        first = c.get("max_window_layers", DEFAULT_MAX_WINDOW_LAYERS)
         if not isinstance(first, int) or isinstance(first, bool) or first < 0:
             raise ShapeProblem("P0303", f"{where}: max_window_layers must be a non-negative "
                                f"integer, not {_show(first)}")
-        windowed = config_bool(c, "use_sliding_window", where) and (
-            first < positive_int(c, "num_hidden_layers", where))
-    else:
-        windowed = True
-    return positive_int(c, "sliding_window", where) if windowed else None
+        return [windowed and i >= first for i in range(n)]
+    every = 2 if rule == "alternate" else positive_int(c, "sliding_window_pattern", where,
+                                                       DEFAULT_WINDOW_PATTERN)
+    return [(i + 1) % every != 0 for i in range(n)]
 
 
 def derived_head_dim(hidden: int, heads: int, where: str) -> int:
@@ -243,14 +311,35 @@ def hub_config(repo_id: str, revision: str | None) -> Path:
 
 
 def from_gguf(path: Path) -> ModelShape:
-    """Shape from GGUF metadata: the fast header scan, else ``gguf.GGUFReader``."""
+    """Shape from GGUF metadata: the fast header scan, else ``gguf.GGUFReader``. Read once
+    per file version (a build's check and its model loader share the reading): the answer
+    is kept for the file's path, inode, size and change times."""
     if not path.is_file():
         raise ShapeProblem("P0301", f"GGUF file {path} does not exist")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _GGUF_READ:
+        _GGUF_READ.clear()  # one file a process, in practice: keep only the latest
+        _GGUF_READ[key] = _read_gguf(path)
+    answer = _GGUF_READ[key]
+    if isinstance(answer, ShapeProblem):
+        raise ShapeProblem(answer.code, answer.message, answer.hint)
+    return answer
+
+
+_GGUF_READ: dict[tuple[str, int, int, int, int], ModelShape | ShapeProblem] = {}
+
+
+def _read_gguf(path: Path) -> ModelShape | ShapeProblem:
+    """``path``'s shape, or the problem with it."""
     try:
-        meta, n_tokens, names = scan_gguf(path)
-    except (OSError, ValueError, struct.error, RecursionError):
-        return from_gguf_reader(path)  # unusual files: let gguf parse (or explain) them
-    return shape_from_gguf_meta(meta, n_tokens, names, str(path))
+        try:
+            meta, n_tokens, names = scan_gguf(path)
+        except (OSError, ValueError, struct.error, RecursionError):
+            return from_gguf_reader(path)  # unusual files: let gguf parse (or explain) them
+        return shape_from_gguf_meta(meta, n_tokens, names, str(path))
+    except ShapeProblem as problem:
+        return problem
 
 
 def from_gguf_reader(path: Path) -> ModelShape:
@@ -329,7 +418,9 @@ def _gguf_value(m: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int | None, in
 
 
 # What transformers' GGUF reader (``GGUF_CONFIG_MAPPING``, ``load_gguf_checkpoint``) makes of
-# a file of these families; prunec loads GGUF files through it, so ``prunec check`` accepts a
+# a file of these families (llama.cpp writes Mistral checkpoints as ``llama`` files without
+# a window, and transformers loads them as Llama, unless ``general.name`` is exactly
+# "mistral": ``gguf_misread``); prunec loads GGUF files through it, so ``prunec check`` accepts a
 # file only where the model it loads is the model the file describes.
 GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # llama.cpp architecture -> the model_type loaded
 GGUF_ACTIVATIONS = {"gemma2": "gelu_pytorch_tanh", "gemma3": "gelu_pytorch_tanh"}  # else SiLU
@@ -351,6 +442,13 @@ PHI3_DEFAULT_PAD = 32000  # Phi3Config's pad_token_id, used when the file names 
 def gguf_misread(arch: str, meta: Mapping[str, Any], names: set[str],
                  shape: ModelShape) -> str | None:
     """What transformers would load differently from what this GGUF states (None: nothing)."""
+    if meta.get(f"{arch}.attention.causal") is False:
+        return (f"{arch}.attention.causal is false (bidirectional attention), but transformers "
+                f"loads {arch} GGUF files as causal decoders")
+    if arch == "llama" and meta.get("general.name") == "mistral":
+        return ('general.name is "mistral", so transformers loads this llama file as a '
+                "mistral model: one gguf-py cannot map, with a 4096-token sliding window the "
+                "file does not have")
     for row_arch, key, assumed, loads in GGUF_ASSUMED:
         value = meta.get(f"{arch}.{key}")
         if row_arch == arch and value is not None and value != assumed:

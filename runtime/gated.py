@@ -226,7 +226,7 @@ def policy_json(policy: ProbePolicy) -> dict[str, Any]:
             "mode": policy.mode.value, "token_fraction": policy.token_fraction,
             "sample_fraction": policy.sample_fraction, "momentum": policy.momentum,
             "metric": policy.metric.value, "round_to": policy.round_to,
-            "compensate": policy.compensate}
+            "compensate": policy.compensate, "kept": policy.kept.value}
 
 
 def find_manifest(artifact: str | Path) -> Path:

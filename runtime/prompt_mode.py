@@ -7,8 +7,10 @@ Files (``export_prompt_onnx(..., DIR/NAME.onnx)``; names from ``compiler.names``
   ``[batch, kv_heads, seq, head_dim]`` for every layer with attention, ``kept.{layer}.{kind}``
   int64 ``[batch, keep]`` (ascending) per dynamic block, and with ``compensate``
   ``mean.{layer}.{kind}`` float32 ``[batch, units]`` (``units``: channels, or heads*head_dim);
+  with ``kept = per-batch`` both have 1 for ``batch`` (one set for the batch);
 - ``NAME.gather.onnx`` (``PromptGather``, run once per request): inputs the ``kept.*`` (and
-  ``mean.*``); outputs ``w.{layer}.{kind}.{part}`` (parts: ``prompt_graph.weight_names``);
+  ``mean.*``); outputs ``w.{layer}.{kind}.{part}`` (parts: ``prompt_graph.weight_names``),
+  ``[batch, ...]`` per sequence, without the ``batch`` dim with ``kept = per-batch``;
 - ``NAME.decode.onnx`` (``PromptDecode``): inputs ``input_ids`` and ``position_ids`` int64
   ``[batch, seq]``, ``past_key_values.{layer}.key|value`` ``[batch, kv_heads, past,
   head_dim]``, then the ``w.*``; outputs ``logits`` and ``present.*`` (past + seq positions);
@@ -38,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from prunec.compiler.ir import MIN_SEQ, ModelShape, ProbeMode, ProbePolicy, Provider
+from prunec.compiler.ir import (
+    MIN_SEQ,
+    KeptScope,
+    ModelShape,
+    ProbeMode,
+    ProbePolicy,
+    Provider,
+)
 from prunec.compiler.names import prompt_graph_files
 
 FORMAT = "prunec-prompt/1"
@@ -59,6 +68,7 @@ class Graphs:
     dynamic: tuple[str, ...]  # "{layer}.{kind}" per dynamic block
     weights: tuple[str, ...]  # "w.{layer}.{kind}.{part}", gather output order
     compensate: bool
+    per_batch: bool  # kept = per-batch: kept sets [1, keep], gathered tensors without batch
 
     def presents(self) -> list[str]:
         return [f"present.{i}.{kv}" for i in self.cache for kv in ("key", "value")]
@@ -93,7 +103,7 @@ def build_graphs(model: Any, shape: ModelShape, policy: ProbePolicy, history: An
     cache = tuple(k.split(".")[0] for k in keys if k.endswith(".attn"))
     return Graphs(PromptPrefill(gated, initial_state(gated, history)).eval(),
                   PromptGather(gated).eval(), PromptDecode(gated).eval(), cache, dynamic,
-                  weights, policy.compensate)
+                  weights, policy.compensate, policy.kept is KeptScope.PER_BATCH)
 
 
 def _export(module: Any, args: tuple[Any, ...], dyn: Any, names: tuple[list[str], list[str]],
@@ -124,7 +134,7 @@ def export_graphs(graphs: Graphs, shape: ModelShape, max_len: int, paths: dict[s
     _export(graphs.prefill, (ids,), {"input_ids": {0: batch, 1: seq}},
             (["input_ids"], ["logits", *graphs.presents(), *graphs.kept(), *graphs.means()]),
             paths["prefill"], opset)
-    row = {0: batch}
+    row = None if graphs.per_batch else {0: batch}  # per batch: [1, keep] / no batch dim
     _export(graphs.gather, (kept, means), {"kept": [row] * len(kept), "means": [row] * len(means)},
             ([*graphs.kept(), *graphs.means()], list(graphs.weights)), paths["gather"], opset)
     with torch.no_grad():

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from prunec.compiler.budget import as_fraction
-from prunec.compiler.ir import ModelShape, ProbeMetric, ProbeMode, ProbePolicy
+from prunec.compiler.families import window_problem
+from prunec.compiler.ir import KeptScope, ModelShape, ProbeMetric, ProbeMode, ProbePolicy
+from prunec.compiler.shape import layer_windows
 from prunec.passes.probe.history import BlockHistory, History
 from prunec.passes.probe.layout import BlockGate, GateKind, LayerGate, layer_gates
 from prunec.passes.probe.model import (
@@ -148,25 +150,38 @@ def settings_of(shape: ModelShape, policy: ProbePolicy) -> ProbeSettings:
                          token_frac=as_fraction(policy.token_fraction),
                          sample_frac=as_fraction(policy.sample_fraction),
                          momentum=float(policy.momentum), head_dim=shape.head_dim,
-                         compensate=policy.compensate)
+                         compensate=policy.compensate,
+                         per_batch=policy.kept is KeptScope.PER_BATCH)
 
 
 def _check_supported(model: Any, max_len: int) -> None:
     """What the gated forward cannot express: fused projections (Phi-3's ``qkv_proj`` /
-    ``gate_up_proj``), a sliding window (a layer's own, else the config's) shorter than
-    ``max_len``. ``prunec check`` rejects both from config.json (P0226); this guards the
-    API. Projection biases, activations and norms are all the modules' own."""
+    ``gate_up_proj``), attention that is not causal (Gemma's ``use_bidirectional_attention``)
+    and, on a layer whose attention is kept, a sliding window narrower than ``max_len``.
+    The windows are ``compiler.shape.layer_windows`` of the model's config and the rule is
+    ``compiler.families.window_problem``: what ``prunec check`` applies to config.json
+    (P0303, P0226); this guards the API. Projection biases, activations and norms are all
+    the modules' own."""
     cfg = model.config
-    for layer in decoder_layers(model):
-        attn, mlp = layer.self_attn, layer.mlp
-        if (not isinstance(attn, ZeroAttention) and not hasattr(attn, "q_proj")) or (
-                not isinstance(mlp, ZeroMLP) and not hasattr(mlp, "gate_proj")):
-            raise ValueError("probe gating reads separate q/k/v and gate/up projections, "
-                             f"not the fused ones of {cfg.model_type}")
-        window = getattr(attn, "sliding_window", getattr(cfg, "sliding_window", None))
-        if not isinstance(attn, ZeroAttention) and window is not None and int(window) < max_len:
-            raise ValueError(f"probe gating has full causal attention: sliding window "
-                             f"{window} < history max_len {max_len}")
+    layers = decoder_layers(model)
+    kept = [not isinstance(layer.self_attn, ZeroAttention) for layer in layers]
+    if _fused(layers, kept):
+        raise ValueError("probe gating reads separate q/k/v and gate/up projections, "
+                         f"not the fused ones of {cfg.model_type}")
+    if not all(getattr(layer.self_attn, "is_causal", True) for k, layer in zip(kept, layers) if k):
+        raise ValueError(f"probe gating is causal, and this {cfg.model_type} model's "
+                         "attention is not causal (use_bidirectional_attention)")
+    windows = layer_windows(cfg.model_type, cfg.to_dict(), f"{cfg.model_type} config")
+    problem = window_problem((w for k, w in zip(kept, windows) if k), max_len)
+    if problem:
+        raise ValueError(problem)
+
+
+def _fused(layers: list[Any], kept: list[bool]) -> bool:
+    """Whether a kept attention or MLP block has fused projections (no q_proj / gate_proj)."""
+    return any(k and not hasattr(layer.self_attn, "q_proj") for k, layer in zip(kept, layers)
+               ) or any(not isinstance(layer.mlp, ZeroMLP) and not hasattr(layer.mlp, "gate_proj")
+                        for layer in layers)
 
 
 def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | None,

@@ -52,6 +52,7 @@ class ProbeSettings:
     head_dim: int
     probe_free: bool = False  # benchmark variant: scores from H alone (no probe), same TopK
     compensate: bool = False  # skipped units contribute the probe's mean activation
+    per_batch: bool = False  # mode = prompt: one kept set per batch of prompts (kept = per-batch)
 
 
 def frozen(module: nn.Module) -> nn.Module:

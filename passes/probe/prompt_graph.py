@@ -9,11 +9,13 @@ embedding module and the final norm / soft-cap (``GatedModel.embed_ids`` / ``hea
 and one rotary table per rope kind (``GatedModel.rope_table``, Gemma 3's local and global
 rope). Attention is full causal: a sliding window narrower than ``max_len`` is P0226.
 Every graph is batched, with
-per-sequence kept sets, static shapes in the pruned dims (TopK with constant K, Gather,
-MatMul) and no control flow:
+per-sequence kept sets (``kept = per-batch``: one kept set for the batch, and the gathered
+tensors below lose their leading ``B``: the decode's MatMuls are plain ones, reading one copy
+of the kept weights per step), static shapes in the pruned dims (TopK with constant K,
+Gather, MatMul) and no control flow:
 - ``PromptPrefill(input_ids [B, T])``: the dense model (logits are the dense model's) that
   also returns its KV cache and, per dynamic block, the kept units ``[B, keep]`` (ascending)
-  chosen exactly as ``prompt.choose_per_sequence`` does, each sequence probed on its own
+  chosen exactly as ``prompt.choose_kept`` does, each sequence probed on its own
   prompt: the top ``tokens`` fraction of its positions by residual L2 norm (ascending), the
   probe's activations (attention: the probe tokens through the block's projections, among
   themselves; MLP: the dense prefill's own activations at those positions), PPsp fused with the history H (a constant here,
@@ -76,37 +78,72 @@ def per_sequence_rows(x: Tensor, idx: Tensor) -> Tensor:
     return flat.reshape(b, idx.shape[1], *x.shape[2:])
 
 
-def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any,
-           wq: Tensor, bq: Tensor | None, kv_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(attention output ``[B, S, k*d]``, keys, values ``[B, kv, past+S, d]``) of ``x``
-    ``[B, S, D]`` at the rope rows ``rope`` for the query heads of ``wq`` ``[(B,) D, k*d]``
-    (``kv_index [B, k]``: their KV heads), after the cached ``past`` (None or (keys, values))."""
+def per_row(t: Tensor) -> Tensor:
+    """A gathered bias ``[B, n]`` (per sequence) as ``[B, 1, n]``, to add to ``[B, S, n]``; a
+    per-batch one ``[n]`` broadcasts as it is."""
+    return t.unsqueeze(-2) if t.dim() == 2 else t
+
+
+def heads_of(kv: Tensor, kv_index: Tensor) -> Tensor:
+    """The KV heads ``kv_index`` of ``kv [B, kv_heads, T, d]``: ``[B, k, T, d]`` for a
+    per-sequence ``[B, k]`` (``per_sequence_rows``) or a shared ``[k]`` (one Gather)."""
+    return per_sequence_rows(kv, kv_index) if kv_index.dim() == 2 \
+        else kv.index_select(1, kv_index)
+
+
+def project_qkv(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], wq: Tensor,
+                bq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(queries ``[B, k, S, d]`` of the heads of ``wq`` ``[(B,) D, k*d]``, keys, values ``[B,
+    kv, S, d]``) of ``x [B, S, D]``: projected, q/k-normed and rotated at the rope rows
+    ``rope``. Every step is position-wise, so a position's rows do not depend on the others."""
     b, s, _ = x.shape
     d = block.settings.head_dim
     cos, sin = rope
-    q = x @ wq if bq is None else x @ wq + bq.unsqueeze(1)
+    q = x @ wq if bq is None else x @ wq + per_row(bq)
     q, k = block.head_norms(q.view(b, s, -1, d),
                             project_in(x, block.w_k, block.b_k).view(b, s, -1, d))
     q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
     v = project_in(x, block.w_v, block.b_v).view(b, s, -1, d).transpose(1, 2)
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    kk, vv = per_sequence_rows(k, kv_index), per_sequence_rows(v, kv_index)
+    return q, k, v
+
+
+def mix(block: GatedAttention, q: Tensor, k: Tensor, v: Tensor, kv_index: Tensor) -> Tensor:
+    """Causal attention ``[B, S, k*d]`` of the queries ``q [B, k, S, d]`` (the last ``S`` of
+    the ``T`` positions of ``k``/``v`` ``[B, kv, T, d]``; ``kv_index`` ``[(B,) k]``: each
+    query head's KV head)."""
+    b, s = q.shape[0], q.shape[2]
+    kk, vv = heads_of(k, kv_index), heads_of(v, kv_index)
     total = k.shape[2]
-    keys = torch.arange(total, device=x.device)
-    queries = torch.arange(s, device=x.device) + (total - s)
+    keys = torch.arange(total, device=q.device)
+    queries = torch.arange(s, device=q.device) + (total - s)
     masked = keys.unsqueeze(0) > queries.unsqueeze(1)
     scores = block.attention_logits(q, kk).masked_fill(masked, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), vv)
-    return out.transpose(1, 2).reshape(b, s, -1), k, v
+    return out.transpose(1, 2).reshape(b, s, -1)
+
+
+def attend(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any,
+           wq: Tensor, bq: Tensor | None, kv_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(attention output ``[B, S, k*d]``, keys, values ``[B, kv, past+S, d]``) of ``x``
+    ``[B, S, D]`` at the rope rows ``rope`` for the query heads of ``wq`` ``[(B,) D, k*d]``
+    (``kv_index`` ``[(B,) k]``: their KV heads), after the cached ``past`` (None or (keys,
+    values))."""
+    q, k, v = project_qkv(block, x, rope, wq, bq)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    return mix(block, q, k, v, kv_index), k, v
+
+
+def all_heads(block: GatedAttention) -> tuple[Tensor, Tensor | None]:
+    """(``wq [D, H*d]``, its bias or None) of every query head (the dense block)."""
+    wq = block.w_q.reshape(-1, block.w_q.shape[-1]).t()
+    return wq, None if block.b_q is None else block.b_q.reshape(1, -1)
 
 
 def full_attention(block: GatedAttention, x: Tensor, rope: tuple[Tensor, Tensor], past: Any
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """``attend`` with every query head (the dense block)."""
-    wq = block.w_q.reshape(-1, block.w_q.shape[-1]).t()
-    bq = None if block.b_q is None else block.b_q.reshape(1, -1)
-    return attend(block, x, rope, past, wq, bq, block.kv_map.expand(x.shape[0], -1))
+    return attend(block, x, rope, past, *all_heads(block), block.kv_map)
 
 
 def rope_at(g: GatedModel, kind: int, pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,23 +160,58 @@ def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
     return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
 
 
-def choose(g: GatedModel, block: GatedBlock, h: Tensor, dense_act: Tensor, hist_t: Tensor
+Dense = Tensor | tuple[Tensor, Tensor, Tensor]  # an MLP's activations, or attention's q, k, v
+
+
+def probe_activation(block: GatedBlock, dense: Dense, rows: Any) -> Tensor:
+    """The probe's activations ``[b, n, C]``, read from the dense prefill's ``dense``: a
+    gated MLP's activations ``[B, T, C]``, or an attention block's rotated ``(q [B, H, T, d],
+    k, v [B, kv, T, d])`` (every step before the mixing is position-wise, so the probe
+    tokens' rows are the dense ones); attention then mixes the probe tokens among themselves,
+    as the reference (``GatedBlock.choose``) does. ``rows(t, axis)`` takes the probe's rows
+    of ``t`` along its position axis."""
+    if isinstance(dense, Tensor):
+        return rows(dense, 1)  # type: ignore[no-any-return]
+    assert isinstance(block, GatedAttention)
+    q, k, v = (rows(t, 2) for t in dense)
+    return mix(block, q, k, v, block.kv_map)
+
+
+def choose(block: GatedBlock, h: Tensor, dense: Dense, hist_t: Tensor
            ) -> tuple[Tensor, Tensor | None]:
     """(kept units ``[B, keep]`` ascending, probe-mean activation ``[B, C]`` or None): each
-    sequence's own probe of its prompt ``h [B, T, D]``, PPsp fused with ``hist_t``. A gated
-    MLP's probe activations are the dense prefill's ``dense_act [B, T, C]`` at the probe
-    positions (position-wise: the reference's ``prompt.choose_one``); attention heads run
-    the probe tokens among themselves."""
+    sequence's own probe of its prompt ``h [B, T, D]`` (``probe_activation``), PPsp fused
+    with ``hist_t`` (the reference's ``prompt.choose_one``)."""
+    if block.settings.per_batch:
+        return choose_batch(block, h, dense, hist_t)
     pos = probe_positions(h, block)
-    if isinstance(block, GatedAttention):
-        p = block.normed(per_sequence_rows(h, pos))
-        act = full_attention(block, p, rope_at(g, block.rope_kind, pos), None)[0]
-    else:
-        act = per_sequence_rows(dense_act, pos)
+
+    def rows(t: Tensor, axis: int) -> Tensor:
+        return per_sequence_rows(t.transpose(1, axis), pos).transpose(1, axis)
+
+    act = probe_activation(block, dense, rows)
     s = maths.fuse(act.pow(2).transpose(1, 2), hist_t[pos].transpose(1, 2))
     kept = torch.topk(block.importance(s), block.gate.keep, dim=-1).indices
     mean = act.mean(1) if block.settings.compensate else None
     return torch.sort(kept, dim=-1).values, mean
+
+
+def choose_batch(block: GatedBlock, h: Tensor, dense: Dense, hist_t: Tensor
+                 ) -> tuple[Tensor, Tensor | None]:
+    """``choose`` with ``kept = per-batch``: (kept units ``[1, keep]`` ascending, probe mean
+    ``[1, C]`` or None) of the batch probed once, as ``model.select_probe`` probes a batch
+    (``prompt.choose_one`` on the whole batch)."""
+    pos = maths.probe_positions(h, block.settings.token_frac)
+    smp = maths.probe_samples(h.index_select(1, pos), block.settings.sample_frac)
+
+    def rows(t: Tensor, axis: int) -> Tensor:
+        return t.index_select(0, smp).index_select(axis, pos)
+
+    act = probe_activation(block, dense, rows)
+    s = maths.fuse(act.pow(2).mean(0).t(), hist_t[pos].t())
+    kept = torch.topk(block.importance(s), block.gate.keep).indices
+    mean = act.mean(dim=(0, 1)).unsqueeze(0) if block.settings.compensate else None
+    return torch.sort(kept).values.unsqueeze(0), mean
 
 
 class PromptPrefill(nn.Module):
@@ -161,13 +233,15 @@ class PromptPrefill(nn.Module):
         means: list[Tensor] = []
         for block in g.block_list():
             x = block.normed(h)
+            dense: Dense
             if isinstance(block, GatedAttention):
-                act, k, v = full_attention(block, x, ropes[block.rope_kind], None)
-                cache += [k, v]
+                dense = project_qkv(block, x, ropes[block.rope_kind], *all_heads(block))
+                act = mix(block, *dense, block.kv_map)
+                cache += list(dense[1:])
             else:
-                act = block.activation(x, ropes[0], None)
+                act = dense = block.activation(x, ropes[0], None)
             if block.dynamic:
-                idx, mean = choose(g, block, h, act, getattr(self, f"hist_{len(kept)}"))
+                idx, mean = choose(block, h, dense, getattr(self, f"hist_{len(kept)}"))
                 kept.append(idx)
                 means += [] if mean is None else [mean]
             h = h + block.output(act, None, None)
@@ -230,7 +304,8 @@ class PromptGather(nn.Module):
         dynamic = [b for b in self.gated.block_list() if b.dynamic]
         out: list[Tensor] = []
         for j, block in enumerate(dynamic):
-            out += gather_block(block, kept[j], means[j] if means else None)
+            parts = gather_block(block, kept[j], means[j] if means else None)
+            out += [t.squeeze(0) for t in parts] if block.settings.per_batch else parts
         return tuple(out)
 
 
@@ -273,7 +348,7 @@ class PromptDecode(nn.Module):
     @staticmethod
     def _pruned(block: GatedBlock, x: Tensor, rope: tuple[Tensor, Tensor],
                 w: dict[str, Tensor], pasts: list[Tensor], presents: list[Tensor]) -> Tensor:
-        bias = w["out_bias"].unsqueeze(1)
+        bias = per_row(w["out_bias"])
         if isinstance(block, GatedAttention):
             i = len(presents)
             act, k, v = attend(block, x, rope, (pasts[i], pasts[i + 1]), w["q"],
@@ -283,6 +358,6 @@ class PromptDecode(nn.Module):
         assert isinstance(block, GatedMLP)
         gu = x @ w["gate_up"]
         if "gate_up_bias" in w:
-            gu = gu + w["gate_up_bias"].unsqueeze(1)
+            gu = gu + per_row(w["gate_up_bias"])
         gate, up = gu.chunk(2, dim=-1)
         return block.post_normed((block.act_fn(gate) * up) @ w["down"] + bias)

@@ -48,7 +48,7 @@ def _codes(tmp_path: Path, config: dict[str, object], export: str = "") -> list[
       "sliding_window": 64, "use_sliding_window": True, "max_window_layers": 0}, "",
      ["P0226"]),
     ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 64,
-      "layer_types": ["full_attention"] * 6}, "", []),
+      "layer_types": ["full_attention"] * 6}, "", ["P0226"]),  # Mistral ignores layer_types
     ({"hidden_act": 3}, "", ["P0303"]),
 ])
 def test_probe_model_support(tmp_path: Path, config: dict[str, object], export: str,

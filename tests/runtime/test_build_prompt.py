@@ -16,7 +16,7 @@ import pytest
 from test_build_probe import MAX_LEN, probe_spec
 from tinymodels import tiny_llama
 
-from prunec.compiler.ir import ProbeMode
+from prunec.compiler.ir import KeptScope, ProbeMode
 from prunec.compiler.plan import Plan
 from prunec.runtime.build import BuildOptions, build
 from prunec.runtime.cli import main
@@ -25,11 +25,13 @@ SAMPLES, SEQ, PROMPT = 4, 24, 10
 Capsys = pytest.CaptureFixture[str]
 
 
-@pytest.fixture(scope="module")
-def prompt_build(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+@pytest.fixture(scope="module", params=list(KeptScope))
+def prompt_build(request: Any, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Any:
+    """(spec, artifact, build result) with per-sequence and with per-batch kept sets."""
     spec: Any = probe_spec(tiny_dir)
-    spec = dataclasses.replace(spec, probe=dataclasses.replace(spec.probe, mode=ProbeMode.PROMPT,
-                                                               compensate=True))
+    spec = dataclasses.replace(spec, probe=dataclasses.replace(
+        spec.probe, mode=ProbeMode.PROMPT, compensate=True, kept=request.param))
     out = tmp_path_factory.mktemp("prompt") / "prompt"
     return spec, out, build(spec, Path.cwd(), BuildOptions(out, quiet=True))
 

@@ -194,6 +194,8 @@ def _phi3_meta(**change: object) -> dict[str, object]:
     ({"tokenizer.ggml.padding_token_id": None}, set(), "names no padding token"),
     ({"phi3.rope.scaling.type": "none"}, set(), None),
     ({"phi3.rope.scaling.type": "longrope"}, set(), 'rope.scaling.type is "longrope"'),
+    ({"phi3.attention.causal": True}, set(), None),
+    ({"phi3.attention.causal": False}, set(), "phi3.attention.causal is false"),
 ])
 def test_gguf_header_rules(change: dict[str, object], names: set[str],
                            message: str | None) -> None:
@@ -205,3 +207,62 @@ def test_gguf_header_rules(change: dict[str, object], names: set[str],
         shape_from_gguf_meta(meta, 256, names, "x.gguf")
     assert info.value.code == "P0303" and message in info.value.message
     assert info.value.hint and 'model hf "dir"' in info.value.hint
+
+
+def test_bidirectional_gguf_files_are_check_errors() -> None:
+    """llama.cpp marks non-causal attention with ``{arch}.attention.causal = false`` and
+    writes EmbeddingGemma as ``gemma-embedding``; transformers' GGUF reader knows neither (it
+    would load a causal decoder), so both are P0303 from the header alone."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    assert all("attention.causal" not in keys for keys in GGUF_CONFIG_MAPPING.values())
+    meta = {k.replace("phi3", "gemma3"): v for k, v in _phi3_meta().items()}
+    meta["general.architecture"] = "gemma3"
+    with pytest.raises(ShapeProblem, match="gemma3.attention.causal is false"):
+        shape_from_gguf_meta({**meta, "gemma3.attention.key_length": 256,
+                              "gemma3.attention.causal": False}, 256, set(), "x.gguf")
+    embedding = {k.replace("gemma3", "gemma-embedding"): v for k, v in meta.items()}
+    embedding["general.architecture"] = "gemma-embedding"
+    with pytest.raises(ShapeProblem, match='architecture "gemma-embedding" is not supported'):
+        shape_from_gguf_meta(embedding, 256, set(), "x.gguf")
+
+
+def test_a_llama_gguf_named_mistral_is_a_check_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """llama.cpp writes Mistral checkpoints as ``llama`` files (no sliding window: its Llama
+    has none), which transformers loads as Llama, prunec's reading too; but a file whose
+    ``general.name`` is exactly "mistral" transformers loads as model_type mistral, which
+    its gguf-py mapping lacks (and whose MistralConfig would add a 4096-token window)."""
+    import gguf
+
+    add_name = gguf.GGUFWriter.add_name
+    monkeypatch.setattr(gguf.GGUFWriter, "add_name",
+                        lambda self, name: add_name(self, "mistral"))
+    made = written_gguf("llama", tmp_path / "m", *FAITHFUL["llama"])
+    ids = torch.randint(0, 160, (1, 12), generator=torch.Generator().manual_seed(0))
+    assert isinstance(transformers_logits(made.path, ids), str), "transformers cannot load it"
+    spec = made.path.parent / "s.prune"
+    spec.write_text('model gguf "tiny.gguf"\n')
+    assert main(["check", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "error[P0303]" in err and 'general.name is "mistral"' in err
+
+
+def test_a_build_reads_the_gguf_header_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prunec check`` and the model loader (a build runs both) share one header reading;
+    a rewritten file is read again."""
+    from prunec.compiler import shape
+
+    reads: list[Path] = []
+    scan = shape.scan_gguf
+    monkeypatch.setattr(shape, "scan_gguf", lambda path: reads.append(path) or scan(path))
+    made = written_gguf("llama", tmp_path / "m", *FAITHFUL["llama"])
+    spec = spec_beside(made)
+    assert check_source(spec.read_text(), str(spec))[1] == []
+    load_model(gguf_decl(made.path), made.path.parent)
+    assert len(reads) == 1
+    written_gguf("llama", tmp_path / "m", TinyConfig(layers=2, heads=4, kv_heads=2,
+                                                     head_dim=16), None)
+    assert from_gguf(made.path).n_layers == 2 and len(reads) == 2

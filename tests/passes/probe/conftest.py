@@ -9,6 +9,7 @@ import torch
 
 from prunec.compiler.diagnostics import Span
 from prunec.compiler.ir import (
+    KeptScope,
     LayerSelector,
     ProbeMetric,
     ProbeMode,
@@ -25,10 +26,11 @@ def _policy(ratio: float, mode: ProbeMode = ProbeMode.PROBE,
             metric: ProbeMetric = ProbeMetric.PPSP,
             targets: tuple[ProbeTarget, ...] = (ProbeTarget.MLP, ProbeTarget.HEADS),
             skip: tuple[int, ...] = (0,), round_to: int = 8, momentum: float = 0.99,
-            sample_fraction: float = 0.05, compensate: bool = False) -> ProbePolicy:
+            sample_fraction: float = 0.05, compensate: bool = False,
+            kept: KeptScope = KeptScope.PER_SEQUENCE) -> ProbePolicy:
     selectors = tuple(LayerSelector(SelectorKind.INDEX, i, None, SPAN) for i in skip)
     return ProbePolicy(ratio, targets, selectors, mode, 0.5, sample_fraction, momentum, None,
-                       metric, round_to, SPAN, compensate)
+                       metric, round_to, SPAN, compensate, kept)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from test_probe_biases import MAX_LEN, hf_model, zeroed
 from torch import nn
 
-from prunec.compiler.ir import ProbeMode
+from prunec.compiler.ir import KeptScope, ProbeMode
 from prunec.passes.probe import PromptRunner, calibrate_history
 from prunec.passes.reference import relative_error, shape_of
 
@@ -25,8 +25,10 @@ def ids(seed: int, b: int = B, t: int = T) -> torch.Tensor:
 
 
 def runner(model: nn.Module, calib: torch.Tensor, make_policy: Any, compensate: bool = False,
-           oracle: bool = False) -> PromptRunner:
-    policy = make_policy(0.4, ProbeMode.PROMPT, compensate=compensate)
+           oracle: bool = False, kept: KeptScope = KeptScope.PER_SEQUENCE,
+           samples: float = 0.05) -> PromptRunner:
+    policy = make_policy(0.4, ProbeMode.PROMPT, compensate=compensate, kept=kept,
+                         sample_fraction=samples)
     hist = calibrate_history(model, shape_of(model), policy, calib, max_len=MAX_LEN)
     return PromptRunner(model, shape_of(model), policy, hist, oracle=oracle)
 
@@ -59,7 +61,8 @@ def assert_prefill_dense_decode_zeroed(model: nn.Module, run: PromptRunner,
     assert relative_error(logits[:, P:], dense[:, P:]) > 1e-2  # decode is pruned
     names = run.gated.history_names
     for s in range(batch.shape[0]):
-        kept = {n: run.last_kept[i][s].tolist() for i, n in enumerate(names)}
+        kept = {n: k[s if k.shape[0] > 1 else 0].tolist()  # [1, keep]: per batch
+                for n, k in zip(names, run.last_kept)}
         assert relative_error(logits[s:s + 1, P:], hf_decode(model, batch[s:s + 1], kept)) <= TOL
 
 
@@ -78,6 +81,27 @@ def test_kept_sets_are_per_sequence_and_read_only_the_prompt(calib_ids: torch.Te
     alone = run.run(batch[1:2], P)  # a sequence alone: its own kept sets and logits
     assert all(torch.equal(a[1], b[0]) for a, b in zip(together, run.last_kept))
     assert relative_error(alone, logits[1:2]) <= TOL
+
+
+def test_per_batch_one_kept_set_probed_on_the_whole_batch(calib_ids: torch.Tensor,
+                                                          make_policy: Any) -> None:
+    """``kept = per-batch``: one kept set ``[1, keep]`` per block, HF-exact as above with that
+    set zeroed in every sequence; it depends on every probed prompt (samples 100%), and a
+    batch of one sequence gets the per-sequence set."""
+    model = hf_model("llama-all-bias")
+    batch = ids(6)
+    run = runner(model, calib_ids, make_policy, kept=KeptScope.PER_BATCH, samples=1.0)
+    assert_prefill_dense_decode_zeroed(model, run, batch)
+    shared = [k.clone() for k in run.last_kept]
+    assert all(k.shape[0] == 1 for k in shared)
+    other = batch.clone()
+    other[2, :P] = ids(10)[2, :P]  # the last sequence's prompt only
+    run.run(other, P)
+    assert any(not torch.equal(a, b) for a, b in zip(shared, run.last_kept))
+    alone = runner(model, calib_ids, make_policy)
+    run.run(batch[1:2], P)
+    alone.run(batch[1:2], P)
+    assert all(torch.equal(a, b) for a, b in zip(run.last_kept, alone.last_kept))
 
 
 def test_compensate_changes_decode_not_prefill(calib_ids: torch.Tensor,

@@ -20,7 +20,7 @@ import torch
 from test_probe_biases import MAX_LEN, hf_model
 
 from prunec.compiler.diagnostics import CompileError
-from prunec.compiler.ir import ProbeMode
+from prunec.compiler.ir import KeptScope, ProbeMode
 from prunec.passes.probe import PromptRunner, calibrate_history
 from prunec.passes.reference import relative_error, shape_of
 from prunec.runtime.gated import GatedSession, check_static_gating, export_gated_onnx
@@ -35,11 +35,18 @@ def tokens(seed: int, b: int, t: int) -> torch.Tensor:
     return torch.randint(0, 160, (b, t), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", params=["llama-all-bias", "qwen2-static-plan"])
+@pytest.fixture(scope="module",
+                params=["llama-all-bias", "qwen2-static-plan", "llama-all-bias-per-batch"])
 def artifact(request: Any, tmp_path_factory: pytest.TempPathFactory, calib_ids: torch.Tensor,
              make_policy: Any) -> tuple[Path, PromptRunner]:
-    model = hf_model(request.param)
-    policy = make_policy(0.4, ProbeMode.PROMPT, compensate=request.param == "llama-all-bias")
+    """(artifact, reference): compensating llama with biases and per-sequence sets, qwen2
+    after a static plan, and llama with one kept set per batch (``kept = per-batch``,
+    probing every prompt of the batch, compensating)."""
+    per_batch = request.param.endswith("-per-batch")
+    model = hf_model(request.param.removesuffix("-per-batch"))
+    policy = make_policy(0.4, ProbeMode.PROMPT, compensate=request.param != "qwen2-static-plan",
+                         kept=KeptScope.PER_BATCH if per_batch else KeptScope.PER_SEQUENCE,
+                         sample_fraction=1.0 if per_batch else 0.05)
     hist = calibrate_history(model, shape_of(model), policy, calib_ids, max_len=MAX_LEN)
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
     export_gated_onnx(model, shape_of(model), policy, hist, path)
@@ -57,7 +64,10 @@ def test_prefill_chooses_the_reference_kept_sets(artifact: tuple[Path, PromptRun
     assert len(kept) == len(run.last_kept) > 0
     for ref, got in zip(run.last_kept, kept):
         assert np.array_equal(got.numpy(), np.sort(ref.numpy(), axis=-1))
-    assert any(not np.array_equal(k.numpy()[0], k.numpy()[1]) for k in kept)
+    if run.gated.block_list()[-1].settings.per_batch:  # one set: [1, keep]
+        assert all(k.numpy().shape[0] == 1 for k in kept)
+    else:
+        assert any(not np.array_equal(k.numpy()[0], k.numpy()[1]) for k in kept)
 
 
 def test_generator_decodes_the_reference_greedy_tokens(artifact: tuple[Path, PromptRunner]
@@ -113,6 +123,9 @@ def test_graphs_are_static_and_the_manifest_lists_their_io(artifact: tuple[Path,
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == [v["name"] for v in graph["inputs"]]
         assert [o.name for o in session.get_outputs()] == [v["name"] for v in graph["outputs"]]
+    weights = [v for v in manifest["graphs"]["decode"]["inputs"] if v["name"].startswith("w.")]
+    per_batch = manifest["policy"]["kept"] == "per-batch"
+    assert weights and all((w["shape"][0] == "batch") != per_batch for w in weights)
     with pytest.raises(CompileError) as err:  # the per-batch runtime refuses it
         GatedSession(path)
     assert [d.code for d in err.value.diagnostics] == ["P0404"]
