@@ -28,6 +28,7 @@ gathered-weights-as-inputs form costs per byte against the prepacked initializer
 static graph.
 
 Run: ``python bench/prompt_decode.py [--ratios 0.2,0.4,0.5] [--batch-ratios 0.4]
+[--plain-ratios 0.4]
 [--batches 1,4] [--prompt-len
 128] [--new-tokens 128] [--repeats 5] [--calib-samples 32] [--workdir DIR] [--out FILE]``;
 writes ``bench/results/prompt_decode.json`` with the machine (``bench/machine.py``).
@@ -60,6 +61,7 @@ DENSE = {"dense-fused": "on", "dense-plain": "off"}
 class Settings:
     ratios: tuple[float, ...]
     batch_ratios: tuple[float, ...]  # kept = per-batch artifacts
+    plain_ratios: tuple[float, ...]  # fuse = off artifacts
     batches: tuple[int, ...]
     prompt_len: int
     new_tokens: int
@@ -72,14 +74,15 @@ def spec_text(name: str, s: Settings) -> str:
     """The spec of artifact ``name`` (``dense-*`` or ``prompt-NN``)."""
     if name in DENSE:
         return f'name = "{name}"\nmodel demo\nexport onnx "model.onnx" {{ fuse = {DENSE[name]} }}\n'
-    ratio = int(name.removeprefix("prompt-").removesuffix("-batch"))
+    ratio = int(name.removeprefix("prompt-").removesuffix("-batch").removesuffix("-plain"))
     per_batch = "  kept = per-batch\n  samples = 100%\n" if name.endswith("-batch") else ""
+    fuse = ", fuse = off" if name.endswith("-plain") else ""
     return (f'name = "{name}"\nmodel demo\n'
             f'dataset calib text "{CALIB}" {{ samples = {s.calib_samples}, seq_len = 256 }}\n'
             f"probe {{\n  ratio = {ratio}%\n  targets = [mlp, heads]\n  skip = [layers[0..2]]\n"
             "  mode = prompt\n  tokens = 50%\n  history = calib\n  metric = ppsp\n"
             f"  round = 64\n  compensate = on\n{per_batch}}}\n"
-            f'export onnx "model.onnx" {{ gating = on, max_len = '
+            f'export onnx "model.onnx" {{ gating = on{fuse}, max_len = '
             f"{max(256, s.prompt_len + s.new_tokens)} }}\n")
 
 
@@ -200,7 +203,8 @@ def run(s: Settings, workdir: Path) -> dict[str, Any]:
 
     run_on = machine.start()
     names = [*DENSE, *(f"prompt-{round(r * 100)}" for r in s.ratios),
-             *(f"prompt-{round(r * 100)}-batch" for r in s.batch_ratios)]
+             *(f"prompt-{round(r * 100)}-batch" for r in s.batch_ratios),
+             *(f"prompt-{round(r * 100)}-plain" for r in s.plain_ratios)]
     paths = {n: build(n, workdir, s) for n in names}
     tokenizer = AutoTokenizer.from_pretrained(str(paths["dense-fused"]))
     texts = prompts(tokenizer, s.prompt_len, max(s.batches))
@@ -222,6 +226,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--ratios", default="0.2,0.4,0.5")
     p.add_argument("--batch-ratios", default="0.4", help="kept = per-batch artifacts")
+    p.add_argument("--plain-ratios", default="0.4", help="fuse = off prompt-mode artifacts")
     p.add_argument("--batches", default="1,4")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -232,6 +237,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     s = Settings(numbers(a.ratios, float), numbers(a.batch_ratios, float),
+                 numbers(a.plain_ratios, float),
                  numbers(a.batches, int), a.prompt_len, a.new_tokens,
                  a.repeats, a.calib_samples, a.provider)
     if a.workdir is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from prunec.compiler import files, names
 from prunec.compiler.budget import dense_params, layer_ratio
 from prunec.compiler.diagnostics import Diagnostic, Span
-from prunec.compiler.families import family, window_problem
+from prunec.compiler.families import family, rope_problem, window_problem
 from prunec.compiler.ir import (
     MAX_OPSET,
     MAX_SEQ,
@@ -46,6 +46,7 @@ from prunec.compiler.ir import (
     SliceRange,
     Spec,
     StaticMethod,
+    fusable,
 )
 from prunec.compiler.syntax import suggest
 
@@ -425,9 +426,9 @@ def _probe_layers(ctx: Context) -> Iterator[Diagnostic]:
 
 def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
     """What the gated forward cannot express (decided from config.json): a family whose
-    support-table row says no to probe (or to prompt mode), or an attention window narrower
-    than the graph's ``max_len``. Activations are no reason: both paths run the MLP's own
-    ``act_fn``."""
+    support-table row says no to probe (or to prompt mode), an attention window narrower
+    than the graph's ``max_len``, or rotary scaling that changes below it. Activations are
+    no reason: both paths run the MLP's own ``act_fn``."""
     p, shape, export = ctx.spec.probe, ctx.shape, ctx.spec.onnx_export()
     if p is None or shape is None:
         return
@@ -438,6 +439,10 @@ def _probe_model(ctx: Context) -> Iterator[Diagnostic]:
     if problem:
         yield _err("P0226", problem, export.span,
                    f"set max_len = {shape.sliding_window} or less in export onnx")
+    problem = rope_problem(shape.rope_fixed_len, export.max_len)
+    if problem:
+        yield _err("P0226", problem, export.span,
+                   f"set max_len = {shape.rope_fixed_len} or less in export onnx")
 
 
 def _probe_family(p: ProbePolicy, shape: ModelShape) -> Iterator[Diagnostic]:
@@ -494,9 +499,10 @@ def _onnx_fits(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:
     if e.gating and ctx.spec.probe is None:
         yield _err("P0210", "gating = on needs a probe policy", e.span,
                    "add a probe { ratio = ... } block or set gating = off")
-    if e.gating and e.fuse:
-        yield _err("P0221", "fuse = on is not supported with gating = on", e.span,
-                   "drop fuse = on: gated graphs are exported with standard ONNX ops")
+    if e.fuse and not fusable(e.gating, ctx.spec.probe):
+        yield _err("P0221", "fuse = on is not supported with gating = on (per-batch probing)",
+                   e.span, "drop fuse = on: per-batch gated graphs are exported with standard "
+                   "ONNX ops (mode = prompt graphs are fused)")
 
 
 def _fits_max_len(ctx: Context, e: OnnxExport) -> Iterator[Diagnostic]:

@@ -65,7 +65,7 @@ CODES: dict[str, str] = {
     "P0218": "two exports write the same file",
     "P0219": "every layer is protected or skipped: nothing can be pruned",
     "P0220": "a dataset is declared but never used",
-    "P0221": "onnxruntime fusions are not supported on gated graphs",
+    "P0221": "onnxruntime fusions are not supported on per-batch gated graphs",
     "P0222": "compensate needs the ppsp metric (a probe to take the mean from)",
     "P0223": "the spec's name is not a plain name (it names the output directory)",
     "P0224": "an export name is not a plain name inside the artifact, or is the artifact's own",

@@ -4,7 +4,8 @@
 family reads it here: ``compiler.shape.SUPPORTED`` (which ``model_type`` / GGUF architecture
 a config may name, P0303), the probe check (``compiler.checks``: a family whose probe path
 or prompt-mode graphs are not built is P0226, decided from config.json alone; so is a
-sliding window narrower than the gated graph, ``window_problem``) and the
+sliding window narrower than the gated graph, ``window_problem``, and rotary scaling that
+changes below its length, ``rope_problem``) and the
 README's "Supported models" matrix, which is ``support_matrix()`` verbatim
 (``tests/compiler/test_families.py``).
 
@@ -25,8 +26,9 @@ column is rejected by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,10 @@ FAMILIES = (
     Family("mistral", "Mistral"),
     Family("qwen2", "Qwen2 / Qwen2.5"),
     Family("qwen3", "Qwen3", note="per-head q_norm/k_norm stay with kept heads"),
-    Family("phi3", "Phi-3, Phi-4-mini", probe=False, prompt=False,
-           note="fused qkv_proj / gate_up_proj split into separate MatMuls at capture; "
-                "partial rotary; probe: the gated path gathers rows of separate q and "
-                "gate/up projections"),
+    Family("phi3", "Phi-3, Phi-4-mini",
+           note="fused qkv_proj / gate_up_proj split into separate MatMuls at capture and "
+                "in the gated blocks; partial rotary; longrope (probe and prompt mode: "
+                "max_len no longer than original_max_position_embeddings)"),
     Family("gemma2", "Gemma 2",
            note="GELU-tanh MLP, (1 + w) norms, post-block norms, soft-capping, sliding "
                 "window (the cache keeps the whole past; probe and prompt mode: no narrower "
@@ -86,6 +88,40 @@ def window_problem(windows: Iterable[int | None], max_len: int) -> str | None:
         return None
     return (f"the model attends over a sliding window of {narrowest} tokens, shorter than "
             f"the gated graph's max_len {max_len}")
+
+
+# rotary types whose tables transformers recomputes from each call's sequence length, and
+# the config key of the length up to which they are the tables of a shorter call: longrope
+# switches to its long factors beyond ``original_max_position_embeddings`` (Phi-3 names it
+# "su" or "yarn" too), dynamic NTK rescales beyond ``max_position_embeddings``
+LENGTH_ROPES = {"longrope": "original_max_position_embeddings",
+                "dynamic": "max_position_embeddings"}
+ROPE_ALIASES = {("phi3", "su"): "longrope", ("phi3", "yarn"): "longrope"}
+
+
+def rope_fixed_len(model_type: str, config: Mapping[str, Any]) -> int | None:
+    """The longest sequence whose rotary tables do not depend on its length (None: any), from
+    a config.json or ``PretrainedConfig.to_dict()``: ``rope_scaling`` (older files; it wins
+    when both are given, as transformers reads it) or ``rope_parameters`` (transformers 5),
+    the length key in it or at the top level."""
+    params = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    kind = str(params.get("rope_type", params.get("type")))
+    key = LENGTH_ROPES.get(ROPE_ALIASES.get((model_type, kind), kind))
+    if key is None:
+        return None
+    length = params.get(key, config.get(key))
+    return None if length is None else int(length)
+
+
+def rope_problem(fixed_len: int | None, max_len: int) -> str | None:
+    """Why the gated graph's one rotary table (computed for ``max_len`` positions) is not the
+    model's for shorter inputs (None: it is): its rotary scaling depends on the sequence
+    length beyond ``fixed_len`` (``rope_fixed_len``). Like ``window_problem``, the one rule
+    of ``prunec check`` (P0226) and ``passes.probe.forward``'s guard."""
+    if fixed_len is None or max_len <= fixed_len:
+        return None
+    return (f"the model's rotary scaling changes beyond {fixed_len} tokens, shorter than the "
+            f"gated graph's max_len {max_len}")
 
 
 def support_matrix() -> str:

@@ -400,10 +400,17 @@ class OnnxExport:
     gating: bool  # dynamic probe gating ops in the graph (needs a probe policy)
     providers: tuple[Provider, ...]
     span: Span
-    fuse: bool = False  # onnxruntime fused kernels (lowering: on unless gating, see lower.py)
+    fuse: bool = False  # onnxruntime fused kernels (lowering: ``fusable``, see lower.py)
     max_len: int = DEFAULT_MAX_LEN  # longest sequence the gated graph supports (its history)
     kv_cache: bool = True  # static graphs: KV-cache inputs/outputs (runtime/export.py)
     dtype: ExportDType = ExportDType.FLOAT32  # static graphs: weights and cache
+
+
+def fusable(gating: bool, probe: ProbePolicy | None) -> bool:
+    """Whether an ONNX export can take onnxruntime's fused kernels (``fuse = on``; its
+    default): static graphs and the three graphs of ``probe { mode = prompt }`` can; the
+    per-batch gated graph cannot (its blocks read gathered rows of every projection)."""
+    return not gating or (probe is not None and probe.mode is ProbeMode.PROMPT)
 
 
 @dataclass(frozen=True)
@@ -488,6 +495,7 @@ class ModelShape:
     o_bias: bool = False  # o_proj carries a bias (Llama / Mistral attention_bias)
     mlp_act: str = "silu"  # the MLP's activation (config ``hidden_act``)
     sliding_window: int | None = None  # the narrowest attention window of any layer; None: full
+    rope_fixed_len: int | None = None  # rotary tables change beyond it (families.rope_fixed_len)
 
     @property
     def group_size(self) -> int:

@@ -49,6 +49,7 @@ from prunec.compiler.ir import (
     Spec,
     StaticMethod,
     StaticPrune,
+    fusable,
 )
 from prunec.compiler.schema import Entries, Fields, Schema, fields
 
@@ -311,7 +312,7 @@ class Lower(Transformer[Token, Any]):
                         "add `model demo` (SmolLM2-135M-Instruct) or model hf \"<dir>\"")
             model = ModelDecl(ModelSource.DEMO, None, DType.FLOAT32, Span.unknown(self.file))
             self.model_known = False
-        exports = tuple(self._export_defaults(e, p.probe is not None)
+        exports = tuple(self._export_defaults(e, p.probe)
                         for e in self._with_onnx(p.exports, self.span(meta)))
         return Spec(
             name=p.name or Path(self.file).stem,
@@ -327,15 +328,15 @@ class Lower(Transformer[Token, Any]):
             return exports
         return [bl.implicit_onnx(span), *exports]
 
-    def _export_defaults(self, e: Export, has_probe: bool) -> Export:
+    def _export_defaults(self, e: Export, probe: ProbePolicy | None) -> Export:
         """Defaults that depend on the whole spec: gating = on with a probe block; fuse = on
-        for static graphs (off for gated ones, where fusion is not supported)."""
+        where the graph can be fused (``ir.fusable``: static and prompt-mode graphs)."""
         if not isinstance(e, OnnxExport):
             return e
         if e.span not in self._explicit_gating:
-            e = replace(e, gating=has_probe)
+            e = replace(e, gating=probe is not None)
         if e.span not in self._explicit_fuse:
-            e = replace(e, fuse=not e.gating)
+            e = replace(e, fuse=fusable(e.gating, probe))
         return e
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunec.compiler.families import supported
+from prunec.compiler.families import rope_fixed_len, supported
 from prunec.compiler.ir import SMOLLM2_135M, ModelDecl, ModelShape, ModelSource
 
 SUPPORTED = supported()  # the families of the support table (compiler.families)
@@ -120,7 +120,7 @@ def shape_from_config_dict(c: dict[str, Any], where: str) -> ModelShape:
         vocab=positive_int(c, "vocab_size", where),
         tied_embeddings=config_bool(c, "tie_word_embeddings", where), qkv_bias=qkv, o_bias=o,
         mlp_act=activation(c, where), sliding_window=attention_window(arch, c, where),
-    ), where)
+        rope_fixed_len=rope_fixed_len(arch, c)), where)
 
 
 def supported_family(name: object, where: str, key: str) -> str:

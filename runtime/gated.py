@@ -185,11 +185,12 @@ def _keep_counts(gated: Any) -> dict[str, int]:
 
 def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, history: Any,
                       path: str | Path, opset: int = 18, debug: bool = False,
-                      probe_free: bool = False) -> GatedExportInfo:
+                      probe_free: bool = False, fuse: bool = False) -> GatedExportInfo:
     """Export ``model`` (dense or statically pruned) with probe gating under ``policy``.
 
     ``history`` is the ``History`` from ``calibrate_history``; ``debug`` adds the kept
-    indices as outputs; ``probe_free`` (benchmarks only) scores from H alone. Writes the
+    indices as outputs; ``probe_free`` (benchmarks only) scores from H alone; ``fuse``
+    (``compiler.ir.fusable``: prompt mode only) onnxruntime's fused kernels. Writes the
     three artifact files next to ``path``."""
     from prunec.passes.probe import build_gated, initial_state
 
@@ -197,7 +198,7 @@ def export_gated_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, histor
     if policy.mode is ProbeMode.PROMPT:  # its own three graphs: runtime.prompt_mode
         from prunec.runtime.prompt_mode import export_prompt_onnx
 
-        manifest = export_prompt_onnx(model, shape, policy, history, path, opset)
+        manifest = export_prompt_onnx(model, shape, policy, history, path, opset, fuse)
         return GatedExportInfo(str(path), "", str(path.with_suffix(".gating.json")), (), (),
                                (), manifest["keep"], history.max_len, opset)
     gated = build_gated(model, shape, policy, history, probe_free)

@@ -107,23 +107,32 @@ def build_graphs(model: Any, shape: ModelShape, policy: ProbePolicy, history: An
 
 
 def _export(module: Any, args: tuple[Any, ...], dyn: Any, names: tuple[list[str], list[str]],
-            path: Path, opset: int) -> None:
+            path: Path, opset: int, fuse: bool) -> dict[str, int]:
+    """One graph to ``path`` (onnxruntime's fused kernels where ``fuse``); the fusions
+    applied (``export.fuse_for_onnxruntime``)."""
     import torch
 
-    from prunec.runtime.export import needs_external_data
+    from prunec.runtime.export import fuse_for_onnxruntime, needs_external_data
     from prunec.runtime.gated import require_static_gating
 
     external = needs_external_data(sum(b.numel() * b.element_size() for b in module.buffers()))
-    torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dyn,
-                      opset_version=opset, optimize=True, input_names=names[0],
-                      output_names=names[1], external_data=external, verbose=False)
+    program = torch.onnx.export(module, args, None, dynamo=True, dynamic_shapes=dyn,
+                                opset_version=opset, optimize=True, input_names=names[0],
+                                output_names=names[1], verbose=False)
+    assert program is not None
+    fusions = fuse_for_onnxruntime(program.model) if fuse else {}
+    program.save(str(path), external_data=external)
+    del program
     require_static_gating(path)
+    return fusions
 
 
 def export_graphs(graphs: Graphs, shape: ModelShape, max_len: int, paths: dict[str, Path],
-                  opset: int) -> None:
+                  opset: int, fuse: bool = False) -> dict[str, dict[str, int]]:
     """Writes the three graphs (``paths``: prefill, gather, decode), each traced on the
-    previous one's example outputs (batch 3, a 9-token prompt, 2 new tokens)."""
+    previous one's example outputs (batch 3, a 9-token prompt, 2 new tokens), the prefill
+    and decode with onnxruntime's fused kernels where ``fuse`` (the gather has nothing to
+    fuse); returns the fusions applied per graph."""
     import torch
     from torch.export import Dim
 
@@ -131,21 +140,25 @@ def export_graphs(graphs: Graphs, shape: ModelShape, max_len: int, paths: dict[s
     seq, past = Dim("seq", min=MIN_SEQ, max=max_len), Dim("past", min=MIN_SEQ, max=max_len)
     ids = torch.randint(0, shape.vocab, (3, min(max_len, 9)))
     cache, kept, means = _prefill_outputs(graphs, ids)
-    _export(graphs.prefill, (ids,), {"input_ids": {0: batch, 1: seq}},
-            (["input_ids"], ["logits", *graphs.presents(), *graphs.kept(), *graphs.means()]),
-            paths["prefill"], opset)
+    fusions = {"prefill": _export(
+        graphs.prefill, (ids,), {"input_ids": {0: batch, 1: seq}},
+        (["input_ids"], ["logits", *graphs.presents(), *graphs.kept(), *graphs.means()]),
+        paths["prefill"], opset, fuse)}
     row = None if graphs.per_batch else {0: batch}  # per batch: [1, keep] / no batch dim
     _export(graphs.gather, (kept, means), {"kept": [row] * len(kept), "means": [row] * len(means)},
-            ([*graphs.kept(), *graphs.means()], list(graphs.weights)), paths["gather"], opset)
+            ([*graphs.kept(), *graphs.means()], list(graphs.weights)), paths["gather"], opset,
+            fuse=False)
     with torch.no_grad():
         weights = list(graphs.gather(kept, means))
     step = torch.randint(0, shape.vocab, (3, 2))
     pos = torch.arange(ids.shape[1], ids.shape[1] + 2).expand(3, -1).contiguous()
     dyn = {"input_ids": {0: batch, 1: new}, "position_ids": {0: batch, 1: new},
            "pasts": [{0: batch, 2: past}] * len(cache), "weights": [row] * len(weights)}
-    _export(graphs.decode, (step, pos, cache, weights), dyn,
-            (["input_ids", "position_ids", *graphs.pasts(), *graphs.weights],
-             ["logits", *graphs.presents()]), paths["decode"], opset)
+    fusions["decode"] = _export(graphs.decode, (step, pos, cache, weights), dyn,
+                                (["input_ids", "position_ids", *graphs.pasts(),
+                                  *graphs.weights], ["logits", *graphs.presents()]),
+                                paths["decode"], opset, fuse)
+    return fusions
 
 
 def _prefill_outputs(graphs: Graphs, ids: Any) -> tuple[list[Any], list[Any], list[Any]]:
@@ -177,19 +190,21 @@ def _io(path: Path) -> dict[str, Any]:
 
 
 def export_prompt_onnx(model: Any, shape: ModelShape, policy: ProbePolicy, history: Any,
-                       path: str | Path, opset: int = 18) -> dict[str, Any]:
-    """Export a prompt-mode artifact (see the module docstring); returns its manifest."""
+                       path: str | Path, opset: int = 18, fuse: bool = False
+                       ) -> dict[str, Any]:
+    """Export a prompt-mode artifact (see the module docstring), with onnxruntime's fused
+    kernels where ``fuse``; returns its manifest."""
     from prunec.runtime.gated import policy_json
 
     path = Path(path)
     graphs = build_graphs(model, shape, policy, history)
     paths = {k: path.with_name(v) for k, v in prompt_graph_files(path.name).items()}
-    export_graphs(graphs, shape, history.max_len, paths, opset)
+    fusions = export_graphs(graphs, shape, history.max_len, paths, opset, fuse)
     dynamic = [b for b in graphs.prefill.gated.block_list() if b.dynamic]
     manifest = {"format": FORMAT, "onnx_path": path.name,
                 "keep": {f"kept.{k}": int(b.gate.keep) for k, b in zip(graphs.dynamic, dynamic)},
                 "max_len": history.max_len, "opset": opset, "policy": policy_json(policy),
-                "model": asdict(shape), "compensate": policy.compensate,
+                "model": asdict(shape), "compensate": policy.compensate, "fusions": fusions,
                 "graphs": {k: _io(p) for k, p in paths.items()}}
     path.with_suffix(".gating.json").write_text(json.dumps(manifest, indent=2) + "\n")
     write_kv_manifest(path, model, shape, graphs, manifest["graphs"]["decode"], history.max_len)

@@ -1,6 +1,6 @@
 """The gated forward of any supported family, built from a (possibly statically pruned) HF
-causal LM: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text (``compiler.families``' probe
-column; Phi-3's fused projections are not read here).
+causal LM: Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3 text (``compiler.families``'
+probe column; Phi-3's fused projections split into q/k/v and gate/up, ``model.projection``).
 
 ``build_gated(model, shape, policy, history)`` copies the projections into a ``GatedModel``
 (``model.GatedBlock``s in residual order, removed blocks left out) and takes every family
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from prunec.compiler.budget import as_fraction
-from prunec.compiler.families import window_problem
+from prunec.compiler.families import rope_fixed_len, rope_problem, window_problem
 from prunec.compiler.ir import KeptScope, ModelShape, ProbeMetric, ProbeMode, ProbePolicy
 from prunec.compiler.shape import layer_windows
 from prunec.passes.probe.history import BlockHistory, History
@@ -40,7 +40,7 @@ from prunec.passes.probe.model import (
     soft_cap,
 )
 from prunec.passes.probe.static import static_choice
-from prunec.passes.reference import ZeroAttention, ZeroMLP, decoder_layers
+from prunec.passes.reference import ZeroAttention, decoder_layers
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -155,33 +155,24 @@ def settings_of(shape: ModelShape, policy: ProbePolicy) -> ProbeSettings:
 
 
 def _check_supported(model: Any, max_len: int) -> None:
-    """What the gated forward cannot express: fused projections (Phi-3's ``qkv_proj`` /
-    ``gate_up_proj``), attention that is not causal (Gemma's ``use_bidirectional_attention``)
-    and, on a layer whose attention is kept, a sliding window narrower than ``max_len``.
-    The windows are ``compiler.shape.layer_windows`` of the model's config and the rule is
-    ``compiler.families.window_problem``: what ``prunec check`` applies to config.json
-    (P0303, P0226); this guards the API. Projection biases, activations and norms are all
-    the modules' own."""
+    """What the gated forward cannot express: attention that is not causal (Gemma's
+    ``use_bidirectional_attention``), on a layer whose attention is kept a sliding window
+    narrower than ``max_len``, and rotary tables that depend on the sequence length below
+    ``max_len`` (longrope, dynamic scaling). The windows are ``compiler.shape.layer_windows``
+    of the model's config, the rules ``compiler.families.window_problem`` and
+    ``rope_problem``: what ``prunec check`` applies to config.json (P0303, P0226); this
+    guards the API. Projection biases, activations and norms are all the modules' own."""
     cfg = model.config
     layers = decoder_layers(model)
     kept = [not isinstance(layer.self_attn, ZeroAttention) for layer in layers]
-    if _fused(layers, kept):
-        raise ValueError("probe gating reads separate q/k/v and gate/up projections, "
-                         f"not the fused ones of {cfg.model_type}")
     if not all(getattr(layer.self_attn, "is_causal", True) for k, layer in zip(kept, layers) if k):
         raise ValueError(f"probe gating is causal, and this {cfg.model_type} model's "
                          "attention is not causal (use_bidirectional_attention)")
     windows = layer_windows(cfg.model_type, cfg.to_dict(), f"{cfg.model_type} config")
-    problem = window_problem((w for k, w in zip(kept, windows) if k), max_len)
+    problem = window_problem((w for k, w in zip(kept, windows) if k), max_len) or (
+        rope_problem(rope_fixed_len(cfg.model_type, cfg.to_dict()), max_len))
     if problem:
         raise ValueError(problem)
-
-
-def _fused(layers: list[Any], kept: list[bool]) -> bool:
-    """Whether a kept attention or MLP block has fused projections (no q_proj / gate_proj)."""
-    return any(k and not hasattr(layer.self_attn, "q_proj") for k, layer in zip(kept, layers)
-               ) or any(not isinstance(layer.mlp, ZeroMLP) and not hasattr(layer.mlp, "gate_proj")
-                        for layer in layers)
 
 
 def _static(policy: ProbePolicy, weight: torch.Tensor, stats: BlockHistory | None,
@@ -200,14 +191,14 @@ def _attention(layer: Any, g: LayerGate, policy: ProbePolicy, history: History,
     st = _static(policy, attn.o_proj.weight, history.attn[g.index], history,
                  settings.head_dim, g.attn)
     kind = kinds.index(getattr(attn, "layer_type", None)) if len(kinds) > 1 else 0
-    return GatedAttention(attn, block_norms(layer)[0], g.attn, settings, st, kind)
+    return GatedAttention(layer, block_norms(layer)[0], g.attn, settings, st, kind)
 
 
 def _mlp(layer: Any, g: LayerGate, policy: ProbePolicy, history: History,
          settings: ProbeSettings) -> GatedMLP:
     assert g.mlp is not None
     st = _static(policy, layer.mlp.down_proj.weight, history.mlp[g.index], history, 1, g.mlp)
-    return GatedMLP(layer.mlp, block_norms(layer)[1], g.mlp, settings, st)
+    return GatedMLP(layer, block_norms(layer)[1], g.mlp, settings, st)
 
 
 def _blocks(model: nn.Module, gates: tuple[LayerGate, ...], policy: ProbePolicy,

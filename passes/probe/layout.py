@@ -1,5 +1,5 @@
 """How a probe policy lays out over a (possibly statically pruned) HF decoder of any family
-with separate projections (``compiler.families``, probe column).
+of ``compiler.families``' probe column.
 
 One ``BlockGate`` per attention / MLP block that exists: its present width (query heads or
 MLP channels, after any static plan), how many stay per batch, and how they are chosen:
@@ -51,9 +51,11 @@ def skipped_layers(policy: ProbePolicy, n_layers: int) -> frozenset[int]:
 
 
 def local_heads(attn: Any, shape: ModelShape) -> tuple[int, int]:
-    """(query heads, kv heads) present in an attention module (after static pruning)."""
-    d = shape.head_dim
-    return attn.q_proj.weight.shape[0] // d, attn.k_proj.weight.shape[0] // d
+    """(query heads, kv heads) present in an attention module (after static pruning): o_proj's
+    inputs and the module's own ``num_key_value_groups`` (which ``apply_plan_`` keeps true),
+    so separate and fused (Phi-3) q/k/v read alike."""
+    heads = attn.o_proj.weight.shape[1] // shape.head_dim
+    return heads, heads // attn.num_key_value_groups
 
 
 def _gate(width: int, keep: int, pruned: bool, static: bool) -> BlockGate:

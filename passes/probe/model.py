@@ -16,8 +16,10 @@ by ``frozen``) or numbers read from them. The block's pre-norm and, where the la
 ``query_pre_attn_scalar``), its per-head-dim ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3:
 applied to kept heads alone, since they act within a head) and its logit soft-capping
 (Gemma 2's ``attn_logit_softcapping``); rotary tables come in per call (``forward``'s
-``rope``), computed from the model's own rotary module. Only the projections are copied as
-plain matrices, because they are what gets gathered.
+``rope``), computed from the model's own rotary module (Phi-3's partial rotary: ``rotate``
+turns the first dims the tables cover). Only the projections are copied as plain matrices,
+because they are what gets gathered: Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` split
+into the same q/k/v and gate/up matrices as every other family (``projection``).
 
 Attention under GQA: query head h reads KV head ``h // group`` (local numbering after any
 static plan); pruning drops query heads only (q rows + o_proj columns), k/v stay whole.
@@ -41,6 +43,7 @@ from torch import nn
 
 from prunec.passes.probe import maths
 from prunec.passes.probe.layout import BlockGate, GateKind
+from prunec.passes.reference import FUSED_PARTS, projection_weight
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,13 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF ``apply_rotary_pos_emb`` for ``x [B, H, T, d]`` and ``cos/sin [T, d]``."""
-    half = x.shape[-1] // 2
+    """HF ``apply_rotary_pos_emb`` for ``x [B, H, T, d]`` and ``cos/sin [T, r]``: partial
+    rotary (Phi-3's ``partial_rotary_factor``, r < d) rotates the first r dims and passes
+    the rest, as Phi-3's own ``apply_rotary_pos_emb`` does."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([rotate(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+    half = r // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
@@ -119,6 +127,22 @@ def linear_bias(linear: Any) -> torch.Tensor | None:
     """A detached copy of an ``nn.Linear``'s bias, or None when it has none."""
     bias = linear.bias
     return None if bias is None else bias.detach().clone()
+
+
+def projection(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight ``[out, in]``, bias or None), detached copies, of projection ``name`` (q/k/v,
+    gate/up) of a decoder layer: its own linear, or Phi-3's rows of the fused ``qkv_proj`` /
+    ``gate_up_proj`` (``passes.reference.projection_weight``, the one home of that layout).
+    A fused projection has no bias in transformers; one that has is refused, not dropped."""
+    block_name, fused_name, _ = FUSED_PARTS[name]
+    block = getattr(layer, block_name)
+    weight = projection_weight(layer, name).detach().clone()
+    if hasattr(block, name):
+        return weight, linear_bias(getattr(block, name))
+    if getattr(block, fused_name).bias is not None:
+        raise ValueError(f"{fused_name} has a bias: probe gating splits fused projections "
+                         "without one (as transformers builds them)")
+    return weight, None
 
 
 def output_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
@@ -265,22 +289,25 @@ class GatedBlock(nn.Module):
 
 class GatedMLP(GatedBlock):
     """Gated MLP ``act_fn(gate) * up`` (the module's own ``act_fn``: SiLU, Gemma's
-    GELU-tanh); unit = intermediate channel k (gate/up row k, down column k)."""
+    GELU-tanh; Phi-3 names it ``activation_fn``) of a decoder layer's ``mlp``; unit =
+    intermediate channel k (gate/up row k, down column k; Phi-3: rows k and C + k of the
+    fused ``gate_up_proj``)."""
 
     w_gate_up: torch.Tensor
     b_gate_up: torch.Tensor | None
     w_down_t: torch.Tensor
     down_pow4: torch.Tensor
 
-    def __init__(self, mlp: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
+    def __init__(self, layer: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+        mlp = layer.mlp
         super().__init__(norms, gate, settings, static, linear_bias(mlp.down_proj))
-        self.act_fn = frozen(mlp.act_fn)
+        self.act_fn = frozen(mlp.act_fn if hasattr(mlp, "act_fn") else mlp.activation_fn)
         down = mlp.down_proj.weight.detach()
+        (w_gate, b_gate), (w_up, b_up) = (projection(layer, n) for n in ("gate_proj", "up_proj"))
         # gate and up rows side by side: one Gather (axis 1) and one MatMul for both
-        self.register_buffer("w_gate_up", torch.stack([mlp.gate_proj.weight.detach(),
-                                                       mlp.up_proj.weight.detach()]))
-        self.register_buffer("b_gate_up", _stacked_bias(mlp.gate_proj, mlp.up_proj))
+        self.register_buffer("w_gate_up", torch.stack([w_gate, w_up]))
+        self.register_buffer("b_gate_up", _stacked_bias(b_gate, b_up, w_gate))
         self.register_buffer("w_down_t", down.t().contiguous())
         self.register_buffer("down_pow4", maths.column_pow4(down))
 
@@ -305,17 +332,19 @@ class GatedMLP(GatedBlock):
         return idx
 
 
-def _stacked_bias(gate_proj: Any, up_proj: Any) -> torch.Tensor | None:
-    """``[2, channels]`` gate and up biases (zeros for a missing one), or None for neither."""
-    gate, up = linear_bias(gate_proj), linear_bias(up_proj)
+def _stacked_bias(gate: torch.Tensor | None, up: torch.Tensor | None, weight: torch.Tensor
+                  ) -> torch.Tensor | None:
+    """``[2, channels]`` gate and up biases (zeros for a missing one), or None for neither;
+    ``weight``: the gate projection's ``[channels, hidden]``."""
     if gate is None and up is None:
         return None
-    zeros = torch.zeros(gate_proj.weight.shape[0], dtype=gate_proj.weight.dtype)
+    zeros = torch.zeros(weight.shape[0], dtype=weight.dtype)
     return torch.stack([zeros if gate is None else gate, zeros if up is None else up])
 
 
 class GatedAttention(GatedBlock):
-    """GQA attention; unit = query head h (q rows and o_proj columns h*d .. h*d+d-1).
+    """GQA attention of a decoder layer's ``self_attn``; unit = query head h (q rows and
+    o_proj columns h*d .. h*d+d-1; Phi-3: q, k and v are the fused ``qkv_proj``'s parts).
     ``rope_kind`` indexes the rotary tables the model passes (Gemma 3's sliding layers
     rotate with their own base)."""
 
@@ -330,24 +359,26 @@ class GatedAttention(GatedBlock):
     kv_map: torch.Tensor
     head_offsets: torch.Tensor
 
-    def __init__(self, attn: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
+    def __init__(self, layer: Any, norms: Norms, gate: BlockGate, settings: ProbeSettings,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                  rope_kind: int = 0) -> None:
+        attn = layer.self_attn
         super().__init__(norms, gate, settings, static, linear_bias(attn.o_proj))
         self.rope_kind, self.scaling = rope_kind, float(attn.scaling)
         self.softcap = getattr(attn, "attn_logit_softcapping", None)
         self.q_norm = optional_frozen(getattr(attn, "q_norm", None))
         self.k_norm = optional_frozen(getattr(attn, "k_norm", None))
         d = settings.head_dim
-        q, o = attn.q_proj.weight.detach(), attn.o_proj.weight.detach()
-        n_heads, n_kv = q.shape[0] // d, attn.k_proj.weight.shape[0] // d
-        self.register_buffer("w_q", q.reshape(n_heads, d, -1).clone())
-        self.register_buffer("w_k", attn.k_proj.weight.detach().clone())
-        self.register_buffer("w_v", attn.v_proj.weight.detach().clone())
-        b_q = linear_bias(attn.q_proj)
+        (q, b_q), (k, b_k), (v, b_v) = (projection(layer, n) for n in ("q_proj", "k_proj",
+                                                                       "v_proj"))
+        o = attn.o_proj.weight.detach()
+        n_heads, n_kv = q.shape[0] // d, k.shape[0] // d
+        self.register_buffer("w_q", q.reshape(n_heads, d, -1))
+        self.register_buffer("w_k", k)
+        self.register_buffer("w_v", v)
         self.register_buffer("b_q", None if b_q is None else b_q.reshape(n_heads, d))
-        self.register_buffer("b_k", linear_bias(attn.k_proj))
-        self.register_buffer("b_v", linear_bias(attn.v_proj))
+        self.register_buffer("b_k", b_k)
+        self.register_buffer("b_v", b_v)
         self.register_buffer("w_o_t", o.t().reshape(n_heads, d, -1).contiguous())
         self.register_buffer("o_pow4", maths.column_pow4(o))
         self.register_buffer("kv_map", torch.arange(n_heads) // (n_heads // n_kv))

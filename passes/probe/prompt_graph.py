@@ -153,11 +153,17 @@ def rope_at(g: GatedModel, kind: int, pos: Tensor) -> tuple[Tensor, Tensor]:
     return cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)
 
 
-def probe_positions(h: Tensor, block: GatedBlock) -> Tensor:
-    """Per sequence, the top ``ceil(f*T)`` (>= 2) positions of ``h [B, T, D]`` by L2 over
-    hidden, ascending (``maths.probe_positions`` of each one-sequence batch)."""
+def probe_positions(h: Tensor, block: GatedBlock, per_batch: bool = False) -> Tensor:
+    """Per sequence (``[B, n]``), or once over the batch (``per_batch``: ``[n]``), the top
+    ``n = ceil(f*T)`` (>= 2) positions of ``h [B, T, D]`` by L2 over hidden (and the batch),
+    ascending: ``maths.probe_positions`` of each one-sequence batch, or of the batch. Ranked
+    by the squared norm ``sum(h * h)`` (the same order): a ``Pow`` would be merged with the
+    block's RMSNorm's own, and the merged square keeps onnxruntime's RMSNorm fusion away."""
     n = ceil_count(h.shape[1], block.settings.token_frac, 2, maths.SYM_MIN_MAX)
-    return torch.sort(torch.topk(h.pow(2).sum(-1).sqrt(), n, dim=1).indices, dim=1).values
+    square = h * h
+    if per_batch:
+        return torch.sort(torch.topk(square.sum(dim=(0, 2)), n).indices).values
+    return torch.sort(torch.topk(square.sum(-1), n, dim=1).indices, dim=1).values
 
 
 Dense = Tensor | tuple[Tensor, Tensor, Tensor]  # an MLP's activations, or attention's q, k, v
@@ -201,7 +207,7 @@ def choose_batch(block: GatedBlock, h: Tensor, dense: Dense, hist_t: Tensor
     """``choose`` with ``kept = per-batch``: (kept units ``[1, keep]`` ascending, probe mean
     ``[1, C]`` or None) of the batch probed once, as ``model.select_probe`` probes a batch
     (``prompt.choose_one`` on the whole batch)."""
-    pos = maths.probe_positions(h, block.settings.token_frac)
+    pos = probe_positions(h, block, per_batch=True)
     smp = maths.probe_samples(h.index_select(1, pos), block.settings.sample_frac)
 
     def rows(t: Tensor, axis: int) -> Tensor:

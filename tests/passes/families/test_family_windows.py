@@ -125,8 +125,6 @@ def test_check_and_the_gated_forward_apply_one_rule(
     config = config_json(family, extras)
     problem = window_problem((attention_window(family, config, "config.json"),), max_len)
     assert problem == window_problem(windows, max_len)
-    if family == "phi3":
-        return  # fused projections: the guard rejects Phi-3 before windows
     if problem is None:
         _check_supported(hf_model(config), max_len)
         return

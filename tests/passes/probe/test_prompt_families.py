@@ -1,15 +1,16 @@
-"""``probe { mode = prompt }`` on the families beyond Llama (Qwen3, Gemma 2, Gemma 3 text):
-the PyTorch reference (``PromptRunner``) against transformers' own modules, and the
+"""``probe { mode = prompt }`` on the families beyond Llama (Qwen3, Phi-3, Gemma 2, Gemma 3
+text): the PyTorch reference (``PromptRunner``) against transformers' own modules, and the
 three-graph ONNX artifact against the reference.
 
 Models are ``test_probe_families.family_model``'s: each family's own transformers config
 class with q/k/v and o_proj biases and its features at a visible size (Qwen3's and Gemma 3's
-q_norm/k_norm, Gemma's scaled embedding, (1 + w) sandwich norms, GELU-tanh MLP,
-query_pre_attn_scalar, Gemma 2's attention and final soft-capping, Gemma 3's local and
-global rope), sliding windows wider than ``MAX_LEN``. Independent reference
-(``test_prompt_mode.hf_decode``): prefill logits are the HF model's; decode logits are HF
-decoding with the dense prefill's KV cache on a copy whose skipped units (the kept sets the
-runner chose for that sequence) have zero o_proj / down_proj columns. The ONNX prefill
+q_norm/k_norm, Phi-3's fused projections and partial rotary, Gemma's scaled embedding,
+(1 + w) sandwich norms, GELU-tanh MLP, query_pre_attn_scalar, Gemma 2's attention and final
+soft-capping, Gemma 3's local and global rope), sliding windows wider than ``MAX_LEN``.
+Independent reference (``test_prompt_mode.hf_decode``): prefill logits are the HF model's;
+decode logits are HF decoding with the dense prefill's KV cache on a copy whose skipped
+units (the kept sets the runner chose for that sequence) have zero o_proj / down_proj
+columns. The ONNX prefill
 chooses the reference's kept sets, and its logits (teacher-forced, then 32 greedy decode
 steps through ``Generator`` and ``PromptSession``) agree within 1e-4 (``relative_error``).
 Gemma 3's artifact compensates skipped units (the probe mean folded into the output bias,
@@ -39,7 +40,7 @@ from prunec.runtime.prompt_mode import PromptSession
 
 TOL = 1e-4
 PROMPT = 8  # + test_prompt_onnx.STEPS (32) == MAX_LEN: the rope tables' last row is used
-FAMILIES = ("qwen3", "gemma2", "gemma3_text")
+FAMILIES = ("qwen3", "phi3", "gemma2", "gemma3_text")
 
 
 def _policy(make_policy: Any, compensate: bool = False) -> ProbePolicy:
@@ -69,16 +70,17 @@ def test_prefill_is_hf_and_decode_is_hf_zeroed_with_the_cache(
     assert len(run.gated.history_names) == 4  # heads and channels of layers 1 and 2
 
 
-@pytest.fixture(scope="module", params=("qwen3", "gemma2", "gemma3_text"))
+@pytest.fixture(scope="module", params=FAMILIES)
 def artifact(request: pytest.FixtureRequest, calib_ids: torch.Tensor, make_policy: Any,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PromptRunner]:
-    """(prefill graph path, reference runner) of a prompt-mode export."""
+    """(prefill graph path, reference runner) of a prompt-mode export with onnxruntime's
+    fused kernels (``fuse = on``, the build's default for prompt mode)."""
     name = str(request.param)
     model = family_model(name)
     policy = _policy(make_policy, compensate=name == "gemma3_text")
     hist = _history(model, calib_ids, policy)
     path = tmp_path_factory.mktemp(name) / "model.onnx"
-    export_gated_onnx(model, shape_of(model), policy, hist, path)
+    export_gated_onnx(model, shape_of(model), policy, hist, path, fuse=True)
     return path, PromptRunner(model, shape_of(model), policy, hist)
 
 

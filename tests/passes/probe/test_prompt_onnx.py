@@ -41,7 +41,8 @@ def artifact(request: Any, tmp_path_factory: pytest.TempPathFactory, calib_ids: 
              make_policy: Any) -> tuple[Path, PromptRunner]:
     """(artifact, reference): compensating llama with biases and per-sequence sets, qwen2
     after a static plan, and llama with one kept set per batch (``kept = per-batch``,
-    probing every prompt of the batch, compensating)."""
+    probing every prompt of the batch, compensating); the llama graphs with onnxruntime's
+    fused kernels (``fuse = on``, the default for prompt mode), qwen2's plain."""
     per_batch = request.param.endswith("-per-batch")
     model = hf_model(request.param.removesuffix("-per-batch"))
     policy = make_policy(0.4, ProbeMode.PROMPT, compensate=request.param != "qwen2-static-plan",
@@ -49,7 +50,8 @@ def artifact(request: Any, tmp_path_factory: pytest.TempPathFactory, calib_ids: 
                          sample_fraction=1.0 if per_batch else 0.05)
     hist = calibrate_history(model, shape_of(model), policy, calib_ids, max_len=MAX_LEN)
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
-    export_gated_onnx(model, shape_of(model), policy, hist, path)
+    export_gated_onnx(model, shape_of(model), policy, hist, path,
+                      fuse=request.param != "qwen2-static-plan")
     return path, PromptRunner(model, shape_of(model), policy, hist)
 
 
@@ -117,6 +119,11 @@ def test_graphs_are_static_and_the_manifest_lists_their_io(artifact: tuple[Path,
     manifest = json.loads(path.with_suffix(".gating.json").read_text())
     assert manifest["policy"]["mode"] == "prompt" and set(manifest["graphs"]) == {
         "prefill", "gather", "decode"}
+    fused = "qwen2" not in str(path)
+    for graph in ("prefill", "decode"):
+        assert bool(manifest["fusions"][graph].get("skip_rms_normalization")) == fused
+    # every norm and rotary of the prefill fuses (the probe shares no node with them)
+    assert manifest["fusions"]["prefill"] == manifest["fusions"]["decode"]
     for graph in manifest["graphs"].values():
         file = path.with_name(graph["file"])
         assert check_static_gating(file) == [] and graph["bytes"] >= file.stat().st_size
