@@ -131,9 +131,21 @@ def example_input(config: CaptureConfig) -> torch.Tensor:
 def export_logits(module: nn.Module, config: CaptureConfig = DEFAULT_CAPTURE) -> ExportedProgram:
     """``torch.export`` a module taking ``input_ids`` (dynamic batch and seq)."""
     with torch.no_grad():
-        return torch.export.export(
+        ep = torch.export.export(
             module, (example_input(config),), dynamic_shapes=dynamic_shapes(config), strict=False
         )
+    forget_last_trace()
+    return ep
+
+
+def forget_last_trace() -> None:
+    """Drop what torch.export keeps of its last trace once it has returned: a module-level
+    map from fake tensors to the traced graph's nodes (torch 2.13's ``proxy_tensor``), which
+    holds that graph, its fake tensors and shape environment and, through them, the weights
+    of the traced module: a loaded model's file mapping stayed resident until the next trace."""
+    from torch.fx.experimental import proxy_tensor
+
+    getattr(proxy_tensor, "_FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT", {}).clear()
 
 
 def capture(model: nn.Module, config: CaptureConfig = DEFAULT_CAPTURE) -> GraphModule:
@@ -194,7 +206,9 @@ def export_cached(module: nn.Module, config: CaptureConfig, past: list[torch.Ten
     if nested:
         args, dims = (*args[:3], tuple(args[3:])), (*dims[:3], tuple(dims[3:]))
     with torch.no_grad():
-        return torch.export.export(module, args, dynamic_shapes=dims, strict=False)
+        ep = torch.export.export(module, args, dynamic_shapes=dims, strict=False)
+    forget_last_trace()
+    return ep
 
 
 def flatten_io(gm: GraphModule) -> GraphModule:

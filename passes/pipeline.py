@@ -17,6 +17,8 @@ The input model is not modified (the passes replace attributes of the captured m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
@@ -71,15 +73,23 @@ def run_pipeline(gm: GraphModule, plan: Plan, shape: ModelShape, span: Span | No
 
 
 def prune_graph(model: nn.Module, plan: Plan, shape: ModelShape, span: Span | None = None,
-                config: CaptureConfig = DEFAULT_CAPTURE) -> tuple[ExportedProgram, PassReport]:
+                config: CaptureConfig = DEFAULT_CAPTURE,
+                release: Callable[[GraphModule], None] | None = None,
+                ) -> tuple[ExportedProgram, PassReport]:
     """Capture ``model``, apply ``plan`` as graph passes, and re-export the result.
 
     ``span`` (the spec's model line) locates diagnostics for an incompatible model.
+    ``release`` is called with the pruned GraphModule before the re-export, when this
+    function no longer holds ``model`` (a caller that handed it over with no reference of its
+    own copies the graph's weights out of it there, and the model goes).
     """
     check_plan(plan, shape, span)
+    dtype = next(model.parameters()).dtype
     gm, report = run_pipeline(capture(model, config), plan, shape, span)
+    del model
+    if release is not None:
+        release(gm)
     if not config.kv_cache:
         return reexport(gm, config), report
-    dtype = next(model.parameters()).dtype
     past = cache_examples(config, cache_layout(plan, shape).shapes(), dtype)
     return reexport(gm, config, past), report

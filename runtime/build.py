@@ -6,8 +6,8 @@ Stages, in order (each timed in ``report.json``'s ``timings_s``, its peak RSS in
   -> compile (into the temporary artifact directory) -> evaluate_pruned (onnxruntime)
   -> gates -> write -> publish.
 The model is loaded once, on the device of ``model { device }`` or ``BuildOptions.device``
-(``--device``; ``runtime.device``), and dropped after the compile unless an ``export hf``
-needs it; evaluation batches are capped by ``eval_rows`` (logits dominate its memory).
+(``--device``; ``runtime.device``), and handed to the compile backend (``backends.Handoff``:
+it changes the model in place and frees it) unless an ``export hf`` needs it afterwards; evaluation batches are capped by ``eval_rows`` (logits dominate its memory).
 Each stage's work lives elsewhere: the plan in ``runtime.planning``, compiling in the
 ``runtime.backends`` table (``"gated"`` when the spec's ``export onnx`` has gating on, else
 ``"static"``; the build obeys the IR's export and invents no default of its own), sessions
@@ -47,7 +47,7 @@ from prunec.runtime.artifact import (
     discard_sibling,
     require_replaceable,
 )
-from prunec.runtime.backends import CompileFn, CompileJob, backend_for, quiet_torch
+from prunec.runtime.backends import CompileFn, CompileJob, Handoff, backend_for, quiet_torch
 from prunec.runtime.jsonio import write_json
 from prunec.runtime.planning import PlanOptions, make_plan, method_json, method_refit
 from prunec.runtime.report import BuildReport, DatasetResult, Outcome, assemble, refit_notes
@@ -156,9 +156,11 @@ def _run(ctx: BuildContext, start: float) -> BuildResult:
     artifact = ArtifactDir(ctx.out, Span.unknown(spec.file))
     with artifact as tmp:
         checkpoint("artifact-open")
-        compiled = _compile(ctx, loaded, plan, data, tmp, method_refit(method))
-        if not spec.hf_exports():  # nothing after the compile needs the torch model: the
-            loaded = dataclasses.replace(loaded, model=None)  # next stage frees it
+        model = loaded.model if spec.hf_exports() else Handoff(loaded.model)
+        if isinstance(model, Handoff):  # nothing after the compile reads the torch model:
+            loaded = dataclasses.replace(loaded, model=None)  # the backend owns it
+        compiled = _compile(ctx, model, loaded, plan, data, tmp, method_refit(method))
+        del model
         report = _check(ctx, loaded, plan, data, dense, compiled, tmp / onnx_export(spec).file)
         report = dataclasses.replace(report, method_info=method_json(method),
                                      notes=report.notes + refit_notes(plan, method_refit(method)))
@@ -217,11 +219,12 @@ def eval_rows(batch_size: int, seq_len: int, vocab: int) -> int:
     return max(1, min(batch_size, EVAL_LOGITS_BYTES // (seq_len * vocab * 4)))
 
 
-def _compile(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any], tmp: Path,
-             refit: Any) -> dict[str, Any]:
-    """The compile stage: the backend writes the ONNX file; returns what it reported."""
+def _compile(ctx: BuildContext, model: Any, loaded: Any, plan: Plan, data: dict[str, Any],
+             tmp: Path, refit: Any) -> dict[str, Any]:
+    """The compile stage: the backend writes the ONNX file; returns what it reported.
+    ``model``: the loaded model, or a ``Handoff`` of it (the backend may free it)."""
     spec, export = ctx.spec, onnx_export(ctx.spec)
-    job = CompileJob(loaded.model, plan, loaded.shape, tmp / export.file, export.opset,
+    job = CompileJob(model, plan, loaded.shape, tmp / export.file, export.opset,
                      spec.model.span, spec.probe, data.get(history_dataset(spec) or ""),
                      export.max_len, refit, export.fuse, export.kv_cache,
                      export.dtype.value)
@@ -232,7 +235,8 @@ def _compile(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any], t
 
 def _check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
            dense: dict[str, Any], compiled: dict[str, Any], onnx_path: Path) -> BuildReport:
-    """The evaluate_pruned stage (onnxruntime on the artifact's file) and the report."""
+    """The evaluate_pruned stage: onnxruntime on the artifact's file, then the report (in
+    the stage, after the session is gone: nothing runs outside a measured stage)."""
     from prunec.runtime.session import artifact_runner
 
     spec, t, export = ctx.spec, ctx.timings, onnx_export(ctx.spec)
@@ -240,10 +244,11 @@ def _check(ctx: BuildContext, loaded: Any, plan: Plan, data: dict[str, Any],
         session, logits_fn, reset = artifact_runner(onnx_path, export.providers)
         pruned = evaluate_all(spec.eval_datasets(), data, logits_fn, ctx, "pruned", reset,
                               0 if export.gating else loaded.shape.vocab)
-    results = tuple(DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]), dense[n],
-                                  pruned[n]) for n in spec.eval_datasets())
-    providers = {"requested": list(session.requested), "used": list(session.used),
-                 "notes": list(session.notes)}
-    seq_len = max((r.seq_len for r in results), default=export.max_len)
-    return assemble(Outcome(spec, loaded, plan, results, providers, onnx_path, compiled,
-                            seq_len))
+        providers = {"requested": list(session.requested), "used": list(session.used),
+                     "notes": list(session.notes)}
+        del session, logits_fn, reset
+        results = tuple(DatasetResult(n, int(data[n].shape[0]), int(data[n].shape[1]),
+                                      dense[n], pruned[n]) for n in spec.eval_datasets())
+        seq_len = max((r.seq_len for r in results), default=export.max_len)
+        return assemble(Outcome(spec, loaded, plan, results, providers, onnx_path, compiled,
+                                seq_len))

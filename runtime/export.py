@@ -84,8 +84,9 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
 from prunec.passes.cache_io import CacheLayout
-from prunec.passes.capture import DEFAULT_CAPTURE, example_input, reexport
+from prunec.passes.capture import DEFAULT_CAPTURE, example_input, forget_last_trace, reexport
 from prunec.runtime.generate import kv_manifest_path  # the reader's rule for the name
+from prunec.runtime.onnx_wire import varint
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under 2 GiB for the graph itself
 
@@ -166,6 +167,7 @@ def to_onnx_program(ep: ExportedProgram, config: ExportConfig) -> torch.onnx.ONN
         ep, args, dynamo=True, opset_version=config.opset,
         input_names=inputs, output_names=outputs, optimize=False, verbose=False,
     )
+    forget_last_trace()  # the exporter's decomposition is a trace too
     assert program is not None
     if config.cache is not None:
         name_cache_dims(program.model)
@@ -232,6 +234,7 @@ def _token_id(key: str, *sources: Any) -> Any:
 
 def write_kv_manifest(onnx_path: Path, cache: CacheLayout, model: Any) -> Path:
     path = kv_manifest_path(onnx_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(kv_manifest(onnx_path.name, cache, model), indent=2) + "\n")
     return path
 
@@ -331,10 +334,10 @@ def _write_initializer(f: Any, value: ir.Value) -> None:
         head.doc_string = tensor.doc_string
     data = memoryview(_contiguous(tensor)).cast("B")
     head_bytes = head.SerializeToString()
-    body = len(head_bytes) + len(_RAW_DATA_FIELD) + len(_varint(data.nbytes)) + data.nbytes
-    inner = len(_INITIALIZER_FIELD) + len(_varint(body)) + body
-    for part in (_GRAPH_FIELD, _varint(inner), _INITIALIZER_FIELD, _varint(body), head_bytes,
-                 _RAW_DATA_FIELD, _varint(data.nbytes), data):
+    body = len(head_bytes) + len(_RAW_DATA_FIELD) + len(varint(data.nbytes)) + data.nbytes
+    inner = len(_INITIALIZER_FIELD) + len(varint(body)) + body
+    for part in (_GRAPH_FIELD, varint(inner), _INITIALIZER_FIELD, varint(body), head_bytes,
+                 _RAW_DATA_FIELD, varint(data.nbytes), data):
         f.write(part)
 
 
@@ -349,16 +352,6 @@ def _contiguous(tensor: Any) -> Any:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return np.ascontiguousarray(array)
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint of ``n`` >= 0."""
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def check_loads(path: Path) -> None:

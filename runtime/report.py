@@ -142,21 +142,21 @@ def assemble(o: Outcome) -> BuildReport:
 
 
 def onnx_counts(path: Path) -> tuple[int, int]:
-    """(float initializer params, those of rank 2) of an ONNX file (weights not loaded)."""
+    """(float initializer params, those of rank 2) of an ONNX file (weights not read:
+    ``runtime.onnx_wire``)."""
+    import math
+
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    from prunec.runtime.onnx_wire import initializer_headers
+
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
               onnx.TensorProto.DOUBLE}
     total = matrices = 0
-    for init in model.graph.initializer:
-        if init.data_type not in floats:
-            continue
-        n = 1
-        for d in init.dims:
-            n *= d
-        total += n
-        matrices += n if len(init.dims) == 2 else 0
+    for data_type, dims in initializer_headers(path):
+        if data_type in floats:
+            total += math.prod(dims)
+            matrices += math.prod(dims) if len(dims) == 2 else 0
     return total, matrices
 
 

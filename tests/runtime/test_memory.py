@@ -16,18 +16,18 @@ from prunec.passes.reference import shape_of
 from prunec.runtime import stages
 from prunec.runtime.export import (
     ExportConfig,
-    _varint,
     fuse_for_onnxruntime,
     save_embedded,
     to_onnx_program,
 )
+from prunec.runtime.onnx_wire import varint
 
 
 def test_varint_matches_protobuf() -> None:
     from google.protobuf.internal.encoder import _VarintBytes
 
     for n in (0, 1, 127, 128, 300, 2**31, 434206800):
-        assert _varint(n) == _VarintBytes(n)
+        assert varint(n) == _VarintBytes(n)
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
